@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs the Debian/Ubuntu packages rawlb's tests and demo need, and fetches
+# the Go modules. Needs root (apt-get). Go itself must already be installed.
+set -euo pipefail
+need=(iproute2 iptables nftables ethtool procps)
+missing=()
+for p in "${need[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+cd "$(dirname "$0")/.."
+go mod download
