@@ -18,18 +18,18 @@ type Reason uint8
 
 // Reasons a frame is rejected. The daemon counts each and drops the frame.
 const (
-	ReasonNone          Reason = iota
-	ReasonTruncated            // shorter than the headers it starts
-	ReasonNotIPv4              // EtherType is not IPv4, after at most one 802.1Q tag
-	ReasonBadIPHeader          // version not 4, IHL below 5 or past the total length
-	ReasonBadIPLength          // total length longer than the frame, or shorter than a frame that is not padded
-	ReasonFragment             // MF set or non-zero offset: not balanced
-	ReasonBadTCPHeader         // data offset below 5 or past the segment
-	ReasonUnhandledProto       // neither TCP nor ICMP
-	ReasonUnhandledICMP        // ICMP that is not an error quoting a TCP header
-	ReasonBadICMP              // an ICMP error whose quote is too short or malformed
-	ReasonDecode               // gopacket rejected what the length checks accepted (e.g. bad options)
-	NumReasons                 // the number of reasons, for arrays of counters
+	ReasonNone           Reason = iota
+	ReasonTruncated             // shorter than the headers it starts
+	ReasonNotIPv4               // EtherType is not IPv4, after at most one 802.1Q tag
+	ReasonBadIPHeader           // version not 4, IHL below 5 or past the total length
+	ReasonBadIPLength           // total length longer than the frame, or shorter than a frame that is not padded
+	ReasonFragment              // MF set or non-zero offset: not balanced
+	ReasonBadTCPHeader          // data offset below 5 or past the segment
+	ReasonUnhandledProto        // neither TCP nor ICMP
+	ReasonUnhandledICMP         // ICMP that is not an error quoting a TCP header
+	ReasonBadICMP               // an ICMP error whose quote is too short or malformed
+	ReasonDecode                // gopacket rejected what the length checks accepted (e.g. bad options)
+	NumReasons                  // the number of reasons, for arrays of counters
 )
 
 var reasonNames = [NumReasons]string{
