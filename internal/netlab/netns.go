@@ -1,0 +1,125 @@
+package netlab
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/vishvananda/netns"
+)
+
+// inNetns runs fn on a fresh OS thread that has joined h's network namespace.
+//
+// A socket belongs to the namespace its creating thread was in when socket(2)
+// ran, and keeps it for life; after that it can be read, written, accepted
+// on and closed from any thread. So only the creation needs the namespace.
+// setns(2) however moves a thread, not a goroutine, and the Go scheduler
+// moves goroutines between threads freely. Hence:
+//
+//   - the goroutine locks itself to its thread before setns, so nothing else
+//     runs there while it is in the lab's namespace;
+//   - it never unlocks: a goroutine that exits while locked takes its thread
+//     down with it (runtime.LockOSThread), so the thread, still in the lab's
+//     namespace, is never handed to another goroutine. Switching back
+//     instead would leave a thread in the wrong namespace whenever that
+//     switch failed.
+//
+// fn must create its sockets on the calling goroutine: anything it starts on
+// another goroutine runs on some other thread, in the test's own namespace.
+func (h *Host) inNetns(fn func()) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		// Deliberately no UnlockOSThread; see above.
+		ns, err := netns.GetFromName(h.Name)
+		if err != nil {
+			errc <- fmt.Errorf("netlab: open namespace %s: %w", h.Name, err)
+			return
+		}
+		defer ns.Close()
+		if err := netns.Set(ns); err != nil {
+			errc <- fmt.Errorf("netlab: enter namespace %s: %w", h.Name, err)
+			return
+		}
+		fn()
+		errc <- nil
+	}()
+	return <-errc
+}
+
+// checkLiteral rejects addresses whose host part is a name. Resolving a name
+// (and dialling several candidate addresses in parallel) happens on other
+// goroutines, hence other threads, hence the test's own namespace: the
+// socket would silently be created there.
+func checkLiteral(network, addr string) error {
+	if !strings.HasPrefix(network, "tcp") && !strings.HasPrefix(network, "udp") && !strings.HasPrefix(network, "ip") {
+		return nil
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("netlab: %q: %w", addr, err)
+	}
+	if host == "" {
+		return nil
+	}
+	if _, err := netip.ParseAddr(host); err != nil {
+		return fmt.Errorf("netlab: %q: use an IP address, not a name: resolution would run outside the lab's namespace", addr)
+	}
+	return nil
+}
+
+// Dial connects to addr from inside h's network namespace, as net.Dialer's
+// DialContext does. addr must hold an IP address, not a name. The returned
+// connection may be used from any goroutine.
+func (h *Host) Dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	if err := checkLiteral(network, addr); err != nil {
+		return nil, err
+	}
+	var c net.Conn
+	var err error
+	if nsErr := h.inNetns(func() {
+		var d net.Dialer
+		c, err = d.DialContext(ctx, network, addr)
+	}); nsErr != nil {
+		return nil, nsErr
+	}
+	return c, err
+}
+
+// Listen listens on addr inside h's network namespace, as net.Listen does.
+// The host part of addr must be empty or an IP address. The listener, and the
+// connections it accepts, may be used from any goroutine.
+func (h *Host) Listen(network, addr string) (net.Listener, error) {
+	if err := checkLiteral(network, addr); err != nil {
+		return nil, err
+	}
+	var ln net.Listener
+	var err error
+	if nsErr := h.inNetns(func() {
+		var lc net.ListenConfig
+		ln, err = lc.Listen(context.Background(), network, addr)
+	}); nsErr != nil {
+		return nil, nsErr
+	}
+	return ln, err
+}
+
+// HTTPClient returns a client whose connections are dialled from h's
+// namespace, for scraping a metrics endpoint that only exists there. URLs
+// must use IP addresses. It ignores HTTP_PROXY and friends: a proxy outside
+// the lab could never reach it.
+func (h *Host) HTTPClient() *http.Client {
+	return &http.Client{
+		Timeout: 30 * time.Second,
+		Transport: &http.Transport{
+			Proxy:             nil,
+			DialContext:       h.Dial,
+			DisableKeepAlives: true, // a scrape per call; no idle sockets pinning a deleted namespace
+		},
+	}
+}
