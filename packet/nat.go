@@ -86,3 +86,13 @@ func (f *Frame) InnerSourcePort() uint16 { return binary.BigEndian.Uint16(f.Inne
 
 // InnerDestinationPort returns the quoted segment's destination port.
 func (f *Frame) InnerDestinationPort() uint16 { return binary.BigEndian.Uint16(f.InnerTCP[2:4]) }
+
+// SetPseudoChecksum puts the segment into the partial state for its
+// current addresses: the TCP checksum field gets the folded pseudo-header
+// sum, for the kernel to complete on the way out. The daemon uses it for a
+// GRO-merged segment whose checksum field still belongs to the first
+// packet merged: once the kernel splits it again, each segment's checksum
+// is computed afresh from this sum.
+func (f *Frame) SetPseudoChecksum() {
+	f.TCP.SetChecksum(Fold(PseudoHeaderSum(f.IP.Source(), f.IP.Destination(), ProtoTCP, len(f.TCP))))
+}
