@@ -1,0 +1,5 @@
+package rawlb
+
+import "os"
+
+func osPid() int { return os.Getpid() }
