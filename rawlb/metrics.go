@@ -13,10 +13,10 @@ type collector struct {
 	b *Balancer
 
 	packets, bytes, drops, resets, icmp, gso *prometheus.Desc
-	flowsActive, flowsCreated, flowsExpired   *prometheus.Desc
-	natExhausted, refusedFull                 *prometheus.Desc
-	backendUp, backendFlows, hcChecks         *prometheus.Desc
-	ringDrops                                 *prometheus.Desc
+	flowsActive, flowsCreated, flowsExpired  *prometheus.Desc
+	natExhausted, refusedFull                *prometheus.Desc
+	backendUp, backendFlows, hcChecks        *prometheus.Desc
+	ringDrops                                *prometheus.Desc
 }
 
 func newCollector(b *Balancer) *collector {

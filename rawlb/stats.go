@@ -12,15 +12,15 @@ type dropReason uint8
 
 // Engine drop reasons, after packet.NumReasons.
 const (
-	dropNoFlow       = dropReason(packet.NumReasons) + iota // not a SYN and no flow: a stray or a flow long expired
-	dropNoBackend                                           // SYN while no backend is healthy (answered with a RST)
-	dropTableFull                                           // flow table at -max-flows (answered with a RST)
-	dropNATExhausted                                        // no NAT port free toward the chosen backend (answered with a RST)
-	dropNoNeighbor                                          // the next hop toward the backend has no MAC yet
-	dropRingTruncated                                       // the packet was larger than a ring slot
-	dropVLANOffload                                         // the NIC stripped a VLAN tag; rawlb does not re-insert it
-	dropNotOurs                                             // passed the filter but is not addressed to the balancer
-	dropSendError                                           // the kernel refused to send it
+	dropNoFlow        = dropReason(packet.NumReasons) + iota // not a SYN and no flow: a stray or a flow long expired
+	dropNoBackend                                            // SYN while no backend is healthy (answered with a RST)
+	dropTableFull                                            // flow table at -max-flows (answered with a RST)
+	dropNATExhausted                                         // no NAT port free toward the chosen backend (answered with a RST)
+	dropNoNeighbor                                           // the next hop toward the backend has no MAC yet
+	dropRingTruncated                                        // the packet was larger than a ring slot
+	dropVLANOffload                                          // the NIC stripped a VLAN tag; rawlb does not re-insert it
+	dropNotOurs                                              // passed the filter but is not addressed to the balancer
+	dropSendError                                            // the kernel refused to send it
 	numDropReasons
 )
 

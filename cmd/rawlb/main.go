@@ -68,7 +68,9 @@ func run(args []string, stderr io.Writer) int {
 // parse turns the command line into a Config, resolving backend names once.
 func parse(args []string, stderr io.Writer) (rawlb.Config, slog.Level, bool, error) {
 	fs := flag.NewFlagSet("rawlb", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	// The flag package prints the whole usage on any error; a bad command
+	// line gets one line instead, and -h the full text.
+	fs.SetOutput(io.Discard)
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: rawlb [flags] <srcIP> <backend> [<backend>...]\n\n"+
 			"Balances TCP connections to srcIP:port over the backends (host:port, or \"ip port\" pairs).\n"+
@@ -97,6 +99,8 @@ func parse(args []string, stderr io.Writer) (rawlb.Config, slog.Level, bool, err
 	)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(stderr)
+			fs.Usage()
 			return rawlb.Config{}, 0, false, err
 		}
 		return rawlb.Config{}, 0, false, usageError{err.Error()}

@@ -148,6 +148,18 @@ func New(t testing.TB, o Options) *Lab {
 		"link set br0 addrgenmode none",
 		"link set br0 up",
 	)
+	// A host with br_netfilter loaded (Docker does it) passes bridged IPv4
+	// through netfilter in every namespace: it validates headers and
+	// reassembles fragments, which no real switch does, and the malformed
+	// frames the tests send would never reach the balancer. The sysctls are
+	// per namespace (Linux 5.3+), so this touches only the switch's; on a
+	// host without br_netfilter they do not exist and nothing is needed.
+	for _, f := range []string{"bridge-nf-call-iptables", "bridge-nf-call-ip6tables", "bridge-nf-call-arptables"} {
+		path := "/proc/sys/net/bridge/" + f
+		if out, err := exec.Command("ip", "netns", "exec", lab.Switch, "sh", "-c", "[ ! -e "+path+" ] || echo 0 > "+path).CombinedOutput(); err != nil {
+			t.Fatalf("netlab: turning off %s in %s: %v\n%s", f, lab.Switch, err, out)
+		}
+	}
 
 	newHost := func(role string, ip netip.Addr) *Host {
 		t.Helper()

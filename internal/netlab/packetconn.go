@@ -1,0 +1,80 @@
+package netlab
+
+import (
+	"fmt"
+	"net"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// PacketConn is an AF_PACKET socket on a host's eth0: tests use it to put
+// hand-made frames on the wire (malformed ones, ICMP errors) and to watch
+// what arrives.
+type PacketConn struct {
+	fd      int
+	ifindex int
+}
+
+// PacketConn opens an AF_PACKET socket bound to h's interface; it is
+// closed in t.Cleanup.
+func (h *Host) PacketConn(t testing.TB) *PacketConn {
+	t.Helper()
+	var pc PacketConn
+	var err error
+	nsErr := h.inNetns(func() {
+		var ifi *net.Interface
+		if ifi, err = net.InterfaceByName(h.Iface); err != nil {
+			return
+		}
+		pc.ifindex = ifi.Index
+		if pc.fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ALL))); err != nil {
+			return
+		}
+		err = unix.Bind(pc.fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifi.Index})
+	})
+	if nsErr != nil || err != nil {
+		t.Fatalf("netlab: packet socket in %s: %v %v", h.Name, nsErr, err)
+	}
+	t.Cleanup(func() { unix.Close(pc.fd) })
+	return &pc
+}
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+// Send puts one Ethernet frame on the wire as it is.
+func (pc *PacketConn) Send(frame []byte) error {
+	_, err := unix.Write(pc.fd, frame)
+	return err
+}
+
+// Receive returns the first incoming frame for which match returns true,
+// or an error once timeout has passed.
+func (pc *PacketConn) Receive(timeout time.Duration, match func([]byte) bool) ([]byte, error) {
+	deadline := time.Now().Add(timeout)
+	buf := make([]byte, 65536)
+	for {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return nil, fmt.Errorf("netlab: no matching frame within %v", timeout)
+		}
+		tv := unix.NsecToTimeval(left.Nanoseconds())
+		if err := unix.SetsockoptTimeval(pc.fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+			return nil, err
+		}
+		n, from, err := unix.Recvfrom(pc.fd, buf, 0)
+		if err != nil {
+			if err == unix.EAGAIN || err == unix.EINTR {
+				continue
+			}
+			return nil, err
+		}
+		if ll, ok := from.(*unix.SockaddrLinklayer); ok && ll.Pkttype == unix.PACKET_OUTGOING {
+			continue
+		}
+		if match(buf[:n]) {
+			return append([]byte(nil), buf[:n]...), nil
+		}
+	}
+}
