@@ -47,6 +47,7 @@ type Config struct {
 	HCRise, HCFall        int
 
 	MetricsAddr string // Prometheus listen address, "" = off
+	Pprof       bool   // also serve net/http/pprof on MetricsAddr, to profile the running daemon
 	Firewall    bool   // install and remove the nftables rules and reserved ports ourselves
 	Workers     int    // packet workers (AF_PACKET fanout); 0 = one per CPU, at most 4
 	RingFrames  int    // receive ring slots per worker; 0 = the ring package's default

@@ -92,6 +92,7 @@ func parse(args []string, stderr io.Writer) (rawlb.Config, slog.Level, bool, err
 		hcFall     = fs.Int("hc-fall", 3, "failed checks in a row that take a backend down")
 		hcRise     = fs.Int("hc-rise", 2, "passed checks in a row that bring a backend up")
 		metrics    = fs.String("metrics", "", "serve Prometheus metrics on this `address` (e.g. 127.0.0.1:9120)")
+		pprofOn    = fs.Bool("pprof", false, "also serve /debug/pprof on the -metrics address (profiling; keep that address private)")
 		fw         = fs.Bool("firewall", true, "install nftables rules and reserve the NAT ports so the host's TCP stack stays quiet; false leaves it to scripts/setup.sh")
 		workers    = fs.Int("workers", 0, "packet workers (0: one per CPU, at most 4)")
 		logLevel   = fs.String("log-level", "info", "log `level`: debug, info, warn or error")
@@ -135,6 +136,9 @@ func parse(args []string, stderr io.Writer) (rawlb.Config, slog.Level, bool, err
 	if *maxFlows < 1 || *hcFall < 1 || *hcRise < 1 || *workers < 0 {
 		return cfg, 0, false, usagef("-max-flows, -hc-fall and -hc-rise must be at least 1, -workers at least 0")
 	}
+	if *pprofOn && *metrics == "" {
+		return cfg, 0, false, usagef("-pprof needs -metrics (it is served on the same address)")
+	}
 	if fs.NArg() < 2 {
 		return cfg, 0, false, usagef("need the balancer's source IP and at least one backend")
 	}
@@ -150,7 +154,7 @@ func parse(args []string, stderr io.Writer) (rawlb.Config, slog.Level, bool, err
 		SrcIP: src, Port: uint16(*port), Backends: backends, Iface: *iface, Algo: rawlb.Algorithm(*algo),
 		NATFirst: first, NATLast: last, PortQuiet: *portQuiet, IdleTimeout: *idle, HalfOpenTimeout: *halfOpen,
 		ClosingTimeout: *closing, MaxFlows: *maxFlows, HCInterval: *hcInterval, HCTimeout: *hcTimeout,
-		HCRise: *hcRise, HCFall: *hcFall, MetricsAddr: *metrics, Firewall: *fw, Workers: *workers,
+		HCRise: *hcRise, HCFall: *hcFall, MetricsAddr: *metrics, Pprof: *pprofOn, Firewall: *fw, Workers: *workers,
 	}
 	if err := cfg.Validate(); err != nil {
 		return cfg, 0, false, usageError{err.Error()}
