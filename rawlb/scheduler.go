@@ -18,11 +18,13 @@ func (s *scheduler) pick() int {
 	if s.algo == LeastConnections {
 		return s.leastConnections()
 	}
-	// One counter step per new flow: with every backend usable, n
-	// consecutive flows land on n different backends, in order.
-	start := int((s.next.Add(1) - 1) % uint64(s.n))
+	// Every backend looked at, usable or not, takes one counter step: n
+	// consecutive flows over n usable backends land on each once, and
+	// with one down the next flow goes on from the one after the
+	// backend chosen, so the rest share its load evenly instead of its
+	// successor taking all of it.
 	for k := 0; k < s.n; k++ {
-		i := (start + k) % s.n
+		i := int((s.next.Add(1) - 1) % uint64(s.n))
 		if s.usable(i) {
 			return i
 		}

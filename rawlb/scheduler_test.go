@@ -13,10 +13,12 @@ func TestRoundRobin(t *testing.T) {
 		t.Fatalf("30 picks over 3 healthy backends: %v, want 10 each", count)
 	}
 	up[1] = false
+	count = make([]int, 3)
 	for k := 0; k < 30; k++ {
-		if i := s.pick(); i == 1 {
-			t.Fatal("picked a down backend")
-		}
+		count[s.pick()]++
+	}
+	if count[1] != 0 || count[0] != 15 || count[2] != 15 {
+		t.Fatalf("30 picks with backend 1 down: %v, want 15/0/15", count)
 	}
 	up[0], up[2] = false, false
 	if i := s.pick(); i != -1 {
