@@ -2,7 +2,7 @@ package rawlb
 
 import "testing"
 
-func TestRoundRobin(t *testing.T) {
+func TestSchedulerRoundRobin(t *testing.T) {
 	up := []bool{true, true, true}
 	s := &scheduler{algo: RoundRobin, n: 3, usable: func(i int) bool { return up[i] }}
 	count := make([]int, 3)
@@ -26,7 +26,7 @@ func TestRoundRobin(t *testing.T) {
 	}
 }
 
-func TestLeastConnections(t *testing.T) {
+func TestSchedulerLeastConnections(t *testing.T) {
 	live := []int{5, 2, 7}
 	up := []bool{true, true, true}
 	s := &scheduler{algo: LeastConnections, n: 3, usable: func(i int) bool { return up[i] }, live: func(i int) int { return live[i] }}
