@@ -5,6 +5,7 @@ import (
 	"net"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -77,4 +78,29 @@ func (pc *PacketConn) Receive(timeout time.Duration, match func([]byte) bool) ([
 			return append([]byte(nil), buf[:n]...), nil
 		}
 	}
+}
+
+// Do runs fn on a thread inside h's namespace: sockets fn creates belong to
+// that namespace for good, and may be used from any goroutine afterwards.
+func (h *Host) Do(fn func()) error { return h.inNetns(fn) }
+
+// SendBatch puts frames on the wire with one sendmmsg per call, so a test
+// can fill a receiver's ring faster than one write per frame would.
+func (pc *PacketConn) SendBatch(frames [][]byte) error {
+	msgs := make([]unix.Mmsghdr, len(frames))
+	iovs := make([]unix.Iovec, len(frames))
+	for i, f := range frames {
+		iovs[i].Base = &f[0]
+		iovs[i].SetLen(len(f))
+		msgs[i].Hdr.Iov = &iovs[i]
+		msgs[i].Hdr.SetIovlen(1)
+	}
+	for len(msgs) > 0 {
+		n, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(pc.fd), uintptr(unsafe.Pointer(&msgs[0])), uintptr(len(msgs)), 0, 0, 0)
+		if errno != 0 {
+			return errno
+		}
+		msgs = msgs[n:]
+	}
+	return nil
 }
