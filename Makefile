@@ -25,7 +25,7 @@ test-unit:
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
-	$(GO) run honnef.co/go/tools/cmd/staticcheck@2025.1.1 ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.6.1 ./...
 
 # Short fuzz runs of every fuzz target (the seed corpus always runs in `make test`).
 fuzz:
@@ -37,3 +37,55 @@ bench-go:
 
 clean:
 	rm -rf $(BIN) dist
+
+# --- Release builds and installation (deploy/) ---
+
+# Static binaries of every command for each platform, into
+# $(DIST)/<os>-<arch>/, with the same flags as `build`. linux/arm means ARMv7
+# (GOARM=7), the usual 32-bit board.
+DIST           ?= dist
+CROSS_PLATFORMS := linux/amd64 linux/arm64 linux/arm
+
+# Install layout: `make install DESTDIR=/tmp/pkg PREFIX=/usr` for a package.
+# The unit's ExecStart is rewritten to the installed binary's path, and an
+# existing /etc/default/rawlb (the admin's settings) is never overwritten.
+PREFIX  ?= /usr/local
+UNITDIR ?= /lib/systemd/system
+INSTALL_PROGRAMS := rawlb chatserver chatclient
+
+.PHONY: cross install
+
+cross:
+	@set -e; for p in $(CROSS_PLATFORMS); do \
+		os=$${p%%/*}; arch=$${p#*/}; \
+		echo "build $$os/$$arch -> $(DIST)/$$os-$$arch/"; \
+		CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch GOARM=7 \
+			$(GO) build $(GOFLAGS_B) -o $(DIST)/$$os-$$arch/ ./cmd/...; \
+	done
+
+install: build
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(UNITDIR) $(DESTDIR)/etc/default
+	install -m 0755 $(addprefix $(BIN)/,$(INSTALL_PROGRAMS)) $(DESTDIR)$(PREFIX)/bin/
+	sed 's|^ExecStart=/usr/local/bin/rawlb |ExecStart=$(PREFIX)/bin/rawlb |' deploy/systemd/rawlb.service > $(DESTDIR)$(UNITDIR)/rawlb.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/rawlb.service
+	@if [ -e $(DESTDIR)/etc/default/rawlb ]; then \
+		echo "keeping the existing $(DESTDIR)/etc/default/rawlb"; \
+	else \
+		install -m 0644 deploy/systemd/rawlb.env $(DESTDIR)/etc/default/rawlb; \
+	fi
+
+# --- Demo ---
+
+# A throwaway namespace network (client, rawlb, three backends): connections
+# spread round robin, a stopped backend leaves the rotation and comes back.
+# Needs root; removes everything it made.
+.PHONY: demo
+demo:
+	$(GO) test -count=1 -run '^TestDemo$$' -v ./rawlb
+
+# Side-by-side benchmark on a namespace network (needs root): rawlb against
+# one backend directly, the kernel's NAT and HAProxy; see docs/performance.md.
+# BENCH_DURATION (default 10s) and BENCH_OUT (default docs/bench-latest.md).
+.PHONY: bench
+bench: build
+	bash scripts/bench-deps.sh && bash scripts/bench.sh
