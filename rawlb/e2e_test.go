@@ -30,26 +30,38 @@ type setup struct {
 }
 
 // start builds the lab, starts a test backend on each backend host and
-// rawlb with the given extra flags, and waits until rawlb says it started.
+// rawlb with the given extra flags, and waits until rawlb is ready.
 func start(t *testing.T, flags ...string) *setup {
 	t.Helper()
-	bin := netlab.BuildBinary(t, "github.com/rawlb/rawlb/cmd/rawlb")
 	lab := netlab.New(t, netlab.Options{Backends: 3})
+	var backends []*netlab.Backend
+	for i, h := range lab.Backends {
+		backends = append(backends, h.StartBackend(t, backendPort, fmt.Sprintf("backend-%d", i+1)))
+	}
+	s := launch(t, lab, flags...)
+	s.backends = backends
+	return s
+}
+
+// launch starts rawlb in the lab's balancer namespace in front of whatever
+// listens on backendPort on each backend host, and waits until every
+// backend is up and its MAC resolved.
+func launch(t *testing.T, lab *netlab.Lab, flags ...string) *setup {
+	t.Helper()
+	bin := netlab.BuildBinary(t, "github.com/rawlb/rawlb/cmd/rawlb")
 	s := &setup{lab: lab, vip: fmt.Sprintf("%s:%d", lab.Balancer.IP, lbPort)}
 	args := []string{"-metrics", metricsAddr, "-hc-interval", "500ms", "-hc-timeout", "400ms"}
 	args = append(args, flags...)
 	args = append(args, lab.Balancer.IP.String())
-	for i, h := range lab.Backends {
-		s.backends = append(s.backends, h.StartBackend(t, backendPort, fmt.Sprintf("backend-%d", i+1)))
+	for _, h := range lab.Backends {
 		args = append(args, fmt.Sprintf("%s:%d", h.IP, backendPort))
 	}
 	s.lb = lab.Balancer.StartProcess(t, bin, args...)
 	if err := s.lb.WaitForOutput("rawlb started", 20*time.Second); err != nil {
 		t.Fatalf("rawlb did not start: %v\n%s", err, s.lb.Output())
 	}
-	// Every backend is up and its MAC resolved before the tests measure.
 	netlab.WaitFor(t, 10*time.Second, "all backends usable", func() bool {
-		return s.metric(t, "rawlb_backend_up") == 3 && strings.Count(s.lb.Output(), "next hop resolved") >= 3
+		return int(s.metric(t, "rawlb_backend_up")) == len(lab.Backends) && strings.Count(s.lb.Output(), "next hop resolved") >= len(lab.Backends)
 	})
 	return s
 }
