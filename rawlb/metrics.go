@@ -14,7 +14,7 @@ type collector struct {
 
 	packets, bytes, drops, resets, icmp, gso *prometheus.Desc
 	flowsActive, flowsCreated, flowsExpired  *prometheus.Desc
-	natExhausted, refusedFull                *prometheus.Desc
+	natExhausted, refusedFull, quietReused   *prometheus.Desc
 	backendUp, backendFlows, hcChecks        *prometheus.Desc
 	ringDrops                                *prometheus.Desc
 }
@@ -36,6 +36,7 @@ func newCollector(b *Balancer) *collector {
 		flowsExpired: d("flows_expired_total", "Flows removed by the sweeper after their timeout."),
 		natExhausted: d("nat_port_exhausted_total", "New flows refused because no NAT port toward the backend was free."),
 		refusedFull:  d("flows_refused_total", "New flows refused because the table was at -max-flows."),
+		quietReused:  d("nat_port_quiet_reused_total", "NAT ports handed out within -nat-port-quiet because no rested port was free (connections come faster than the range over the quiet time)."),
 		backendUp:    d("backend_up", "1 if the backend passes health checks.", "backend"),
 		backendFlows: d("backend_flows", "Live flows toward the backend.", "backend"),
 		hcChecks:     d("healthcheck_total", "Health checks, by backend and result.", "backend", "result"),
@@ -46,7 +47,7 @@ func newCollector(b *Balancer) *collector {
 // Describe implements prometheus.Collector.
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.packets, c.bytes, c.drops, c.resets, c.icmp, c.gso, c.flowsActive, c.flowsCreated,
-		c.flowsExpired, c.natExhausted, c.refusedFull, c.backendUp, c.backendFlows, c.hcChecks, c.ringDrops} {
+		c.flowsExpired, c.natExhausted, c.refusedFull, c.quietReused, c.backendUp, c.backendFlows, c.hcChecks, c.ringDrops} {
 		ch <- d
 	}
 }
@@ -91,6 +92,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.flowsExpired, ts.Expired)
 	counter(c.natExhausted, ts.NATExhausted)
 	counter(c.refusedFull, ts.RefusedFull)
+	counter(c.quietReused, ts.NATQuietReused)
 	counter(c.ringDrops, b.ringDrops.Load())
 	for i, be := range b.cfg.Backends {
 		up := 0.0

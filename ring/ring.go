@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"os"
 	"sync/atomic"
+	"syscall"
 	"unsafe"
 
 	"golang.org/x/net/bpf"
@@ -103,16 +104,26 @@ var ErrClosed = errors.New("ring: socket closed")
 // Socket is an AF_PACKET socket with a receive ring. Receive, Release and
 // Send belong to one goroutine; Close may be called from any.
 type Socket struct {
-	fd      int
-	wake    int // eventfd that Close writes to end a blocking Receive
-	ring    []byte
-	frames  int
-	size    int
-	head    int
-	closed  atomic.Bool
-	pollfds [2]unix.PollFd
-	msgs    []unix.Mmsghdr
-	iovs    []unix.Iovec
+	fd     int
+	file   *os.File        // owns fd once set up; its poller does the waiting
+	rc     syscall.RawConn // file's, for Read/Write callbacks on readiness
+	ring   []byte
+	frames int
+	size   int
+	head   int
+	closed atomic.Bool
+	msgs   []unix.Mmsghdr
+	iovs   []unix.Iovec
+
+	// State for the readiness callbacks, bound once in setup so that
+	// waiting allocates nothing (a closure per wait would).
+	rxPkts  []Packet
+	rxN     int
+	rxFn    func(uintptr) bool
+	txN     int
+	txR     int
+	txErrno unix.Errno
+	txFn    func(uintptr) bool
 }
 
 // tpacket2 header layout (struct tpacket2_hdr, then struct sockaddr_ll at
@@ -146,7 +157,7 @@ func Open(c Config) (*Socket, error) {
 		}
 		return nil, fmt.Errorf("ring: socket: %w", err)
 	}
-	s := &Socket{fd: fd, wake: -1, frames: c.Frames, size: c.FrameSize}
+	s := &Socket{fd: fd, frames: c.Frames, size: c.FrameSize}
 	if err := s.setup(c); err != nil {
 		s.Free()
 		return nil, err
@@ -203,11 +214,21 @@ func (s *Socket) setup(c Config) error {
 			return fmt.Errorf("ring: PACKET_FANOUT: %w", err)
 		}
 	}
-	s.wake, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
-	if err != nil {
-		return fmt.Errorf("ring: eventfd: %w", err)
+	// Waiting goes through Go's netpoller (epoll), not a blocking poll(2):
+	// a blocked system call pins a thread and makes the scheduler hand its
+	// P to another, which at one packet per wake-up cost more CPU than the
+	// packet itself. AF_PACKET signals readiness per frame (sk_data_ready
+	// in tpacket_rcv) and packet_poll reports the ring's state, so no
+	// frame is missed between a look at the ring and the wait.
+	if err := unix.SetNonblock(fd, true); err != nil {
+		return fmt.Errorf("ring: non-blocking socket: %w", err)
 	}
-	s.pollfds = [2]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}, {Fd: int32(s.wake), Events: unix.POLLIN}}
+	s.file = os.NewFile(uintptr(fd), "afpacket")
+	if s.rc, err = s.file.SyscallConn(); err != nil {
+		return fmt.Errorf("ring: %w", err)
+	}
+	s.rxFn = s.tryReceive
+	s.txFn = s.trySend
 	s.msgs = make([]unix.Mmsghdr, c.Batch)
 	s.iovs = make([]unix.Iovec, c.Batch)
 	for i := range s.msgs {
@@ -229,36 +250,53 @@ func (s *Socket) status(i int) *uint32 {
 // Receive fills pkts with the frames ready in the ring, in order, waiting
 // until at least one is. The frames stay owned by the caller until Release.
 func (s *Socket) Receive(pkts []Packet) (int, error) {
-	for {
-		if s.closed.Load() {
-			return 0, ErrClosed
-		}
-		n := 0
-		for n < len(pkts) {
-			i := (s.head + n) % s.frames
-			st := atomic.LoadUint32(s.status(i))
-			if st&unix.TP_STATUS_USER == 0 {
-				break
-			}
-			base := i * s.size
-			hdr := (*unix.Tpacket2Hdr)(unsafe.Pointer(&s.ring[base]))
-			mac := base + int(hdr.Mac)
-			p := &pkts[n]
-			p.Buf = s.ring[mac-VNetHdrLen : mac+int(hdr.Snaplen)]
-			p.VNet = VNetHdr(p.Buf[:VNetHdrLen])
-			p.Frame = p.Buf[VNetHdrLen:]
-			p.Status = st
-			p.WireLen = int(hdr.Len)
-			p.PktType = s.ring[base+sllPktTypeAt]
-			n++
-		}
-		if n > 0 {
-			return n, nil
-		}
-		if _, err := unix.Poll(s.pollfds[:], -1); err != nil && !errors.Is(err, unix.EINTR) {
-			return 0, fmt.Errorf("ring: poll: %w", err)
-		}
+	if s.closed.Load() {
+		return 0, ErrClosed
 	}
+	if n := s.fill(pkts); n > 0 {
+		return n, nil
+	}
+	s.rxPkts, s.rxN = pkts, 0
+	err := s.rc.Read(s.rxFn)
+	n := s.rxN
+	s.rxPkts = nil
+	if n > 0 {
+		return n, nil
+	}
+	if err == nil || s.closed.Load() {
+		return 0, ErrClosed
+	}
+	return 0, fmt.Errorf("ring: waiting for frames: %w", err)
+}
+
+// tryReceive is Receive's readiness callback: true once frames are ready.
+func (s *Socket) tryReceive(uintptr) bool {
+	s.rxN = s.fill(s.rxPkts)
+	return s.rxN > 0 || s.closed.Load()
+}
+
+// fill takes the ready frames at the head of the ring, without waiting.
+func (s *Socket) fill(pkts []Packet) int {
+	n := 0
+	for n < len(pkts) {
+		i := (s.head + n) % s.frames
+		st := atomic.LoadUint32(s.status(i))
+		if st&unix.TP_STATUS_USER == 0 {
+			break
+		}
+		base := i * s.size
+		hdr := (*unix.Tpacket2Hdr)(unsafe.Pointer(&s.ring[base]))
+		mac := base + int(hdr.Mac)
+		p := &pkts[n]
+		p.Buf = s.ring[mac-VNetHdrLen : mac+int(hdr.Snaplen)]
+		p.VNet = VNetHdr(p.Buf[:VNetHdrLen])
+		p.Frame = p.Buf[VNetHdrLen:]
+		p.Status = st
+		p.WireLen = int(hdr.Len)
+		p.PktType = s.ring[base+sllPktTypeAt]
+		n++
+	}
+	return n
 }
 
 // Release hands the n oldest received frames back to the kernel.
@@ -270,9 +308,9 @@ func (s *Socket) Release(n int) {
 }
 
 // Send transmits each buffer (a virtio-net header followed by a frame) with
-// as few sendmmsg calls as it takes. A buffer the kernel refuses is
-// skipped and counted; the rest still go. It returns how many were
-// refused and the last such error.
+// as few sendmmsg calls as it takes, waiting while the socket's send buffer
+// is full. A buffer the kernel refuses is skipped and counted; the rest
+// still go. It returns how many were refused and the last such error.
 func (s *Socket) Send(bufs [][]byte) (dropped int, err error) {
 	for len(bufs) > 0 {
 		n := min(len(bufs), len(s.msgs))
@@ -280,21 +318,37 @@ func (s *Socket) Send(bufs [][]byte) (dropped int, err error) {
 			s.iovs[i].Base = &bufs[i][0]
 			s.iovs[i].SetLen(len(bufs[i]))
 		}
-		r, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(s.fd), uintptr(unsafe.Pointer(&s.msgs[0])), uintptr(n), 0, 0, 0)
-		switch {
-		case errno == unix.EINTR:
-			continue
-		case errno != 0:
+		s.txN = n
+		if werr := s.rc.Write(s.txFn); werr != nil {
+			return dropped + len(bufs), werr
+		}
+		if s.txErrno != 0 {
 			// sendmmsg fails only when its first message does: drop
 			// that one and go on with the rest.
 			dropped++
-			err = errno
+			err = s.txErrno
 			bufs = bufs[1:]
-		default:
-			bufs = bufs[int(r):]
+			continue
 		}
+		bufs = bufs[s.txR:]
 	}
 	return dropped, err
+}
+
+// trySend is Send's readiness callback: one sendmmsg of the prepared
+// messages; false (wait for room) when the send buffer is full.
+func (s *Socket) trySend(fd uintptr) bool {
+	for {
+		r, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&s.msgs[0])), uintptr(s.txN), 0, 0, 0)
+		switch errno {
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		}
+		s.txR, s.txErrno = int(r), errno
+		return true
+	}
 }
 
 // Stats returns the kernel's counts since the last call: frames that
@@ -307,34 +361,28 @@ func (s *Socket) Stats() (packets, drops uint32, err error) {
 	return st.Packets, st.Drops, nil
 }
 
-// Close ends a blocking Receive and releases the socket and ring. Call it
-// once; Receive returns ErrClosed afterwards. The owner goroutine must have
-// returned from Receive before the ring is unmapped, so Close only signals
-// and Free releases.
+// Close ends a blocking Receive and closes the socket. Receive returns
+// ErrClosed afterwards. The ring stays mapped until Free, so a Receive or
+// Send still running on another goroutine never touches unmapped memory.
 func (s *Socket) Close() {
 	if s.closed.Swap(true) {
 		return
 	}
-	if s.wake >= 0 {
-		var one = [8]byte{1}
-		_, _ = unix.Write(s.wake, one[:])
+	// fd itself is left as it is: Stats may still read it from another
+	// goroutine, and gets EBADF once the descriptor is gone.
+	if s.file != nil {
+		_ = s.file.Close()
+	} else {
+		unix.Close(s.fd)
 	}
 }
 
-// Free unmaps the ring and closes the descriptors. Call it after the
-// receiving goroutine has seen ErrClosed (or never started).
+// Free closes the socket if need be and unmaps the ring. Call it after the
+// goroutine using the socket has returned (or never started).
 func (s *Socket) Free() {
-	s.closed.Store(true)
+	s.Close()
 	if s.ring != nil {
 		_ = unix.Munmap(s.ring)
 		s.ring = nil
-	}
-	if s.wake >= 0 {
-		unix.Close(s.wake)
-		s.wake = -1
-	}
-	if s.fd >= 0 {
-		unix.Close(s.fd)
-		s.fd = -1
 	}
 }
