@@ -301,6 +301,29 @@ func (t *Table) LookupBackend(k BackendKey) *Flow {
 // should be removed first. Otherwise it fails with ErrTableFull or
 // ErrNATPortsExhausted, which it counts in Stats.
 func (t *Table) Create(k ClientKey, backend int, clientMAC [6]byte, now int64) (*Flow, error) {
+	return t.create(k, backend, clientMAC, now, 0, false)
+}
+
+// CreateWithTimestamp is Create for a SYN that carries a TCP timestamp
+// option with value tsval. It sets the flow's TSOffset so that the
+// timestamps the backend sees on the NAT port keep rising across flows.
+//
+// Why: once connections come faster than the NAT range over the backend's
+// TIME_WAIT (20,000 ports / 60 s), a NAT port goes to a new client while the
+// backend still holds the previous connection on the same 4-tuple in
+// TIME_WAIT. The backend accepts the new SYN only if its timestamp is newer
+// than the old connection's (PAWS, RFC 7323 section 5; Linux's
+// tcp_timewait_state_process), and Linux gives every connection its own
+// random timestamp offset, so an unrelated client's SYN is refused with a
+// stale ACK about half the time and the client waits a second to retry. An
+// offset that puts the SYN one tick above the port's last timestamp makes
+// the backend accept it; the engine subtracts it again from the echoes, so
+// the client sees its own values.
+func (t *Table) CreateWithTimestamp(k ClientKey, backend int, clientMAC [6]byte, now int64, tsval uint32) (*Flow, error) {
+	return t.create(k, backend, clientMAC, now, tsval, true)
+}
+
+func (t *Table) create(k ClientKey, backend int, clientMAC [6]byte, now int64, tsval uint32, hasTS bool) (*Flow, error) {
 	if uint(backend) >= uint(len(t.backends)) {
 		return nil, fmt.Errorf("conntrack: Create toward backend %d: only %d backends are configured", backend, len(t.backends))
 	}
@@ -326,7 +349,7 @@ func (t *Table) Create(k ClientKey, backend int, clientMAC [6]byte, now int64) (
 		t.nRefusedFull.Add(1)
 		return nil, ErrTableFull
 	}
-	port, quiet, ok := t.ports[backend].get(now, t.quietNs)
+	port, lastTS, quiet, ok := t.ports[backend].get(now, t.quietNs)
 	if !ok {
 		t.count.Add(-1)
 		s.mu.Unlock()
@@ -334,6 +357,14 @@ func (t *Table) Create(k ClientKey, backend int, clientMAC [6]byte, now int64) (
 		return nil, ErrNATPortsExhausted
 	}
 	nf.NATPort = port
+	if hasTS {
+		if lastTS&tsValid != 0 {
+			if last := uint32(lastTS); int32(tsval-last) <= 0 {
+				nf.TSOffset = last - tsval + 1
+			}
+		}
+		nf.tsLast.Store(tsValid | uint64(tsval+nf.TSOffset))
+	}
 	// Count the flow before publishing it: once it is in the maps, an RST seen
 	// by another worker may take it out of Live again.
 	t.live[backend].n.Add(1)
@@ -435,7 +466,7 @@ func (t *Table) unlinkLocked(s *fwdShard, f *Flow) bool {
 // reply could still find the old flow.
 func (t *Table) release(f *Flow, now int64) {
 	t.unlive(f)
-	t.ports[f.Backend].put(f.NATPort, now)
+	t.ports[f.Backend].put(f.NATPort, now, f.tsLast.Load())
 	t.count.Add(-1)
 }
 

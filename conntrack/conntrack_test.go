@@ -845,3 +845,52 @@ func TestStrings(t *testing.T) {
 		t.Error("Direction.String")
 	}
 }
+
+func TestTimestampOffsetAcrossFlows(t *testing.T) {
+	tab := newTable(t, Config{NATPortFirst: 5000, NATPortLast: 5000}) // one port: every flow reuses it
+	// A first flow: no history on the port, no offset.
+	f1, err := tab.CreateWithTimestamp(key(1), 0, mac, 0, 1_000_000)
+	if err != nil || f1.TSOffset != 0 {
+		t.Fatalf("first flow: offset %d, %v", f1.TSOffset, err)
+	}
+	f1.NoteTSval(1_000_500)
+	tab.Remove(f1)
+
+	// An unrelated client whose clock is behind: its SYN must land one
+	// above what the backend last saw on this port.
+	f2, err := tab.CreateWithTimestamp(key(2), 0, mac, 1, 400)
+	if err != nil || 400+f2.TSOffset != 1_000_501 {
+		t.Fatalf("second flow: offset %d puts the SYN at %d, want 1000501 (%v)", f2.TSOffset, 400+f2.TSOffset, err)
+	}
+	f2.NoteTSval(400 + f2.TSOffset + 10)
+	tab.Remove(f2)
+
+	// A client already ahead keeps its own values.
+	f3, _ := tab.CreateWithTimestamp(key(3), 0, mac, 2, 2_000_000)
+	if f3.TSOffset != 0 {
+		t.Fatalf("a newer SYN got offset %d", f3.TSOffset)
+	}
+	f3.NoteTSval(2_000_000)
+	tab.Remove(f3)
+
+	// Wrapping: 32-bit timestamps compare modulo 2^32 (RFC 7323), so a
+	// value just past zero is newer than one just below 2^32.
+	f4, _ := tab.CreateWithTimestamp(key(4), 0, mac, 3, 0xffff_fff0)
+	if f4.TSOffset == 0 {
+		t.Fatal("an older (wrapped-behind) SYN got no offset")
+	}
+	f4.NoteTSval(0xffff_fff0 + f4.TSOffset)
+	tab.Remove(f4)
+	f5, _ := tab.CreateWithTimestamp(key(5), 0, mac, 4, 0xffff_fff0+f4.TSOffset+5)
+	if f5.TSOffset != 0 {
+		t.Fatalf("a newer SYN across the wrap got offset %d", f5.TSOffset)
+	}
+	tab.Remove(f5)
+
+	// A flow without timestamps leaves no history: the next one is free.
+	f6, _ := tab.Create(key(6), 0, mac, 5)
+	tab.Remove(f6)
+	if f7, _ := tab.CreateWithTimestamp(key(7), 0, mac, 6, 1); f7.TSOffset != 0 {
+		t.Fatalf("offset %d after a flow without timestamps", f7.TSOffset)
+	}
+}

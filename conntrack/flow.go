@@ -111,12 +111,25 @@ type Flow struct {
 	BackendAddr Endpoint  // Config.Backends[Backend]
 	NATPort     uint16    // source port toward the backend
 	ClientMAC   [6]byte   // the MAC to answer the client with (source MAC of its SYN frame)
+	// TSOffset is added to the client's TCP timestamps (TSval) on the way
+	// to the backend and taken off the echoes (TSecr) on the way back; 0
+	// for most flows. See Table.CreateWithTimestamp.
+	TSOffset uint32
 
 	word     atomic.Uint32    // state | fin bits | liveBit
+	tsLast   atomic.Uint64    // tsValid | the last TSval sent to the backend, after TSOffset
 	lastSeen atomic.Int64     // Clock value of the last packet (or of Create)
 	packets  [2]atomic.Uint64 // indexed by Direction
 	bytes    [2]atomic.Uint64 // indexed by Direction
 }
+
+// tsValid marks a recorded TSval: 0 means none was seen.
+const tsValid = 1 << 32
+
+// NoteTSval records the timestamp value last sent toward the backend (after
+// TSOffset). When the flow ends, its NAT port keeps it, so that the next
+// flow on the same port continues above it.
+func (f *Flow) NoteTSval(v uint32) { f.tsLast.Store(tsValid | uint64(v)) }
 
 // State returns the flow's current state.
 func (f *Flow) State() State { return State(f.word.Load() & stateMask) }

@@ -135,6 +135,7 @@ func (w *worker) fromClient(p *ring.Packet, f *packet.Frame, state packet.CsumSt
 	}
 	flags := f.TCP.Flags()
 	syn := flags&(packet.FlagSYN|packet.FlagACK|packet.FlagRST) == packet.FlagSYN
+	ts := f.TCP.TimestampOption()
 	fl := dp.table.LookupClient(key)
 	if fl != nil && syn && fl.State() >= conntrack.StateClosing {
 		// The client reuses its port for a new connection while the
@@ -147,7 +148,7 @@ func (w *worker) fromClient(p *ring.Packet, f *packet.Frame, state packet.CsumSt
 			w.drop(dropNoFlow)
 			return
 		}
-		if fl = w.newFlow(key, f, now); fl == nil {
+		if fl = w.newFlow(key, f, ts, now); fl == nil {
 			return
 		}
 	}
@@ -158,12 +159,16 @@ func (w *worker) fromClient(p *ring.Packet, f *packet.Frame, state packet.CsumSt
 		return
 	}
 	f.RewriteTCP(dp.srcIP, fl.NATPort, fl.BackendAddr.IP, fl.BackendAddr.Port, state)
+	if ts >= 0 {
+		f.TCP.AddTimestamps(ts, fl.TSOffset, 0, state)
+		fl.NoteTSval(f.TCP.TSval(ts))
+	}
 	w.emit(p, f, *mac, dirToBackend)
 }
 
 // newFlow schedules a SYN to a backend. When none can take it, the client
 // gets a RST so its connect fails at once instead of timing out.
-func (w *worker) newFlow(key conntrack.ClientKey, f *packet.Frame, now int64) *conntrack.Flow {
+func (w *worker) newFlow(key conntrack.ClientKey, f *packet.Frame, ts int, now int64) *conntrack.Flow {
 	dp := w.dp
 	b := dp.sched.pick()
 	if b < 0 {
@@ -171,7 +176,13 @@ func (w *worker) newFlow(key conntrack.ClientKey, f *packet.Frame, now int64) *c
 		w.reset(f)
 		return nil
 	}
-	fl, err := dp.table.Create(key, b, f.Eth.Source(), now)
+	var fl *conntrack.Flow
+	var err error
+	if ts >= 0 {
+		fl, err = dp.table.CreateWithTimestamp(key, b, f.Eth.Source(), now, f.TCP.TSval(ts))
+	} else {
+		fl, err = dp.table.Create(key, b, f.Eth.Source(), now)
+	}
 	if err != nil {
 		if errors.Is(err, conntrack.ErrTableFull) {
 			w.drop(dropTableFull)
@@ -200,6 +211,13 @@ func (w *worker) fromBackend(p *ring.Packet, f *packet.Frame, state packet.CsumS
 	}
 	dp.table.Observe(fl, conntrack.FromBackend, f.TCP.Flags(), len(f.IP), now)
 	f.RewriteTCP(fl.Key.VIP.IP, fl.Key.VIP.Port, fl.Key.Client.IP, fl.Key.Client.Port, state)
+	if fl.TSOffset != 0 {
+		// The backend echoes timestamps shifted by TSOffset; the client
+		// must get back its own.
+		if ts := f.TCP.TimestampOption(); ts >= 0 {
+			f.TCP.AddTimestamps(ts, 0, -fl.TSOffset, state)
+		}
+	}
 	w.emit(p, f, fl.ClientMAC, dirToClient)
 }
 

@@ -220,3 +220,80 @@ func BenchmarkEstablishedPacket(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(2*b.N), "ns/packet")
 }
+
+// segmentTS is segment with a NOP NOP TS option.
+func segmentTS(t testing.TB, src [4]byte, sport uint16, dst [4]byte, dport uint16, flags uint8, tsval, tsecr uint32) []byte {
+	t.Helper()
+	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolTCP, SrcIP: net.IP(src[:]), DstIP: net.IP(dst[:])}
+	opt := make([]byte, 8)
+	binary.BigEndian.PutUint32(opt, tsval)
+	binary.BigEndian.PutUint32(opt[4:], tsecr)
+	tcp := &layers.TCP{SrcPort: layers.TCPPort(sport), DstPort: layers.TCPPort(dport), Seq: 100, Ack: 200, Window: 1000,
+		SYN: flags&packet.FlagSYN != 0, ACK: flags&packet.FlagACK != 0,
+		Options: []layers.TCPOption{{OptionType: layers.TCPOptionKindNop}, {OptionType: layers.TCPOptionKindNop},
+			{OptionType: layers.TCPOptionKindTimestamps, OptionLength: 10, OptionData: opt}}}
+	_ = tcp.SetNetworkLayerForChecksum(ip)
+	eth := &layers.Ethernet{SrcMAC: tCliMAC[:], DstMAC: tOurMAC[:], EthernetType: layers.EthernetTypeIPv4}
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, eth, ip, tcp); err != nil {
+		t.Fatal(err)
+	}
+	return append(make([]byte, ring.VNetHdrLen), buf.Bytes()...)
+}
+
+// tsOf returns TSval and TSecr of the queued frame i.
+func tsOf(t *testing.T, w *worker, i int) (uint32, uint32, uint16) {
+	t.Helper()
+	_, _, tcp, raw := sent(t, w, i)
+	if !verifies(raw) {
+		t.Fatal("checksums do not verify after the timestamp rewrite")
+	}
+	for _, o := range tcp.Options {
+		if o.OptionType == layers.TCPOptionKindTimestamps {
+			return binary.BigEndian.Uint32(o.OptionData), binary.BigEndian.Uint32(o.OptionData[4:]), uint16(tcp.SrcPort)
+		}
+	}
+	t.Fatal("no timestamp option in the forwarded segment")
+	return 0, 0, 0
+}
+
+func TestWorkerKeepsTimestampsRisingOnReusedPort(t *testing.T) {
+	table, err := conntrack.New(conntrack.Config{Backends: tBackends[:1], NATPortFirst: 40000, NATPortLast: 40000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := testWorker(t, func(int) bool { return true })
+	w.dp.table = table
+	w.dp.sched = &scheduler{algo: RoundRobin, n: 1, usable: func(int) bool { return true }, live: table.Live}
+
+	// Flow 1 ends with TSval 5000 seen by the backend on NAT port 40000.
+	w.pkts[0] = pkt(segmentTS(t, tClient, 51000, tSrcIP, 20000, packet.FlagSYN, 4000, 0))
+	w.handleBatch(1, 1)
+	w.pkts[0] = pkt(segmentTS(t, tClient, 51000, tSrcIP, 20000, packet.FlagACK, 5000, 77))
+	w.handleBatch(1, 2)
+	if val, _, _ := tsOf(t, w, 0); val != 5000 {
+		t.Fatalf("first flow's timestamps were changed: %d", val)
+	}
+	table.Remove(table.LookupClient(conntrack.ClientKey{Client: conntrack.Endpoint{IP: tClient, Port: 51000}, VIP: conntrack.Endpoint{IP: tSrcIP, Port: 20000}}))
+
+	// Flow 2, another client connection whose clock is far behind, gets
+	// the same NAT port: the backend must see its SYN above 5000.
+	w.pkts[0] = pkt(segmentTS(t, tClient, 52000, tSrcIP, 20000, packet.FlagSYN, 10, 0))
+	w.handleBatch(1, 3)
+	val, _, port := tsOf(t, w, 0)
+	if port != 40000 || val != 5001 {
+		t.Fatalf("reused port %d: SYN's TSval %d toward the backend, want 5001 on 40000", port, val)
+	}
+	// The backend's SYN-ACK echoes 5001; the client must see its own 10.
+	w.pkts[0] = pkt(segmentTS(t, tBackends[0].IP, 8090, tSrcIP, 40000, packet.FlagSYN|packet.FlagACK, 999, 5001))
+	w.handleBatch(1, 4)
+	if val, ecr, _ := tsOf(t, w, 0); val != 999 || ecr != 10 {
+		t.Fatalf("to the client: TSval %d TSecr %d, want 999 and its own 10", val, ecr)
+	}
+	// And later segments stay shifted by the same offset.
+	w.pkts[0] = pkt(segmentTS(t, tClient, 52000, tSrcIP, 20000, packet.FlagACK, 20, 999))
+	w.handleBatch(1, 5)
+	if val, ecr, _ := tsOf(t, w, 0); val != 5011 || ecr != 999 {
+		t.Fatalf("toward the backend: TSval %d TSecr %d, want 5011 999", val, ecr)
+	}
+}
