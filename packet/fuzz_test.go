@@ -2,8 +2,10 @@ package packet
 
 import (
 	"bytes"
+
 	"encoding/binary"
 	"fmt"
+	"github.com/gopacket/gopacket/layers"
 	"os"
 	"path/filepath"
 	"testing"
@@ -16,6 +18,10 @@ func seedFrames(t testing.TB) [][]byte {
 	for _, spec := range natCases() {
 		seeds = append(seeds, build(t, spec))
 	}
+	withTS := synSpec()
+	withTS.tcpOptions = append(withTS.tcpOptions, layers.TCPOption{OptionType: layers.TCPOptionKindNop}, layers.TCPOption{OptionType: layers.TCPOptionKindNop},
+		layers.TCPOption{OptionType: layers.TCPOptionKindTimestamps, OptionLength: 10, OptionData: []byte{1, 2, 3, 4, 5, 6, 7, 8}})
+	seeds = append(seeds, build(t, withTS))
 	sent := build(t, segSpec{src: ipLB, dst: ipBackend, sport: 40001, dport: 8090, seq: 1, ackf: true, payload: []byte("x")})[14:]
 	seeds = append(seeds,
 		icmpFrame(t, ipBackend, ipLB, ICMPDestUnreachable, ICMPCodeFragNeeded, 1280, sent, 28),
@@ -95,6 +101,13 @@ func FuzzRewrite(f *testing.F) {
 		}
 		tcpWasOK := partial || tcpOK(fr.IP)
 		fr.RewriteTCP(src, sport, dst, dport, state)
+		if ts := fr.TCP.TimestampOption(); ts >= 0 {
+			val, ecr := fr.TCP.TSval(ts), fr.TCP.TSecr(ts)
+			fr.TCP.AddTimestamps(ts, srcN, dstN, state)
+			if fr.TCP.TSval(ts) != val+srcN || fr.TCP.TSecr(ts) != ecr+dstN {
+				t.Fatal("timestamps do not read back")
+			}
+		}
 		if partial {
 			completePartial(fr.IP)
 		}
