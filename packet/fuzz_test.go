@@ -2,13 +2,13 @@ package packet
 
 import (
 	"bytes"
-
 	"encoding/binary"
 	"fmt"
-	"github.com/gopacket/gopacket/layers"
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/gopacket/gopacket/layers"
 )
 
 // seedFrames are well-formed frames of every shape Parse accepts; the
