@@ -1,22 +1,19 @@
 package firewall
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/rawlb/rawlb/internal/netlab"
 	"github.com/rawlb/rawlb/internal/testenv"
-	"github.com/vishvananda/netns"
 )
 
 var testRules = Rules{
@@ -265,25 +262,9 @@ func dialFrom(t *testing.T, ns, addr string, timeout time.Duration) error {
 	return dialErr
 }
 
-// newNetNS creates a network namespace with a unique name and deletes it
-// when the test ends, pass or fail.
-func newNetNS(t *testing.T) string {
-	t.Helper()
-	var b [4]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		t.Fatal(err)
-	}
-	name := "rlbfw-" + hex.EncodeToString(b[:])
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add %s: %v\n%s", name, err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns del %s: %v\n%s", name, err, out)
-		}
-	})
-	return name
-}
+// newNetNS creates a throwaway network namespace, deleted when the test
+// ends, pass or fail.
+func newNetNS(t *testing.T) string { return netlab.NewNetNS(t, "rlbfw") }
 
 // inNetNS runs fn on an OS thread switched into namespace ns and fails the
 // test if fn returns an error. The thread stays locked and is discarded when
@@ -291,21 +272,7 @@ func newNetNS(t *testing.T) string {
 // test's own threads never leave the host namespace.
 func inNetNS(t *testing.T, ns string, fn func() error) {
 	t.Helper()
-	h, err := netns.GetFromName(ns)
-	if err != nil {
-		t.Fatalf("opening namespace %s: %v", ns, err)
-	}
-	defer h.Close()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		if err := netns.Set(h); err != nil {
-			errc <- fmt.Errorf("setns %s: %w", ns, err)
-			return
-		}
-		errc <- fn()
-	}()
-	if err := <-errc; err != nil {
+	if err := netlab.InNetNS(ns, fn); err != nil {
 		t.Fatalf("in namespace %s: %v", ns, err)
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/gopacket/gopacket/layers"
 
 	"github.com/rawlb/rawlb/internal/netlab"
+	"github.com/rawlb/rawlb/packet"
 )
 
 // hold opens a connection that stays open until closed.
@@ -510,78 +511,7 @@ func TestICMPFragNeededTranslated(t *testing.T) {
 		t.Errorf("quoted %v:%d -> %v:%d, want client:%d -> balancer:%d", inSrc, inSport, inDst, inDport, clientPort, lbPort)
 	}
 	// Both checksums verify: the outer IP header and the ICMP message.
-	if csum(got[14:14+20]) != 0 || csum(got[14+20:14+int(binary.BigEndian.Uint16(got[16:]))]) != 0 {
+	if packet.Checksum(got[14:14+20]) != 0 || packet.Checksum(got[14+20:14+int(binary.BigEndian.Uint16(got[16:]))]) != 0 {
 		t.Error("translated ICMP checksums do not verify")
-	}
-}
-
-// csum is the Internet checksum of b; 0 when b holds a correct one.
-func csum(b []byte) uint16 {
-	var s uint32
-	for i := 0; i+1 < len(b); i += 2 {
-		s += uint32(b[i])<<8 | uint32(b[i+1])
-	}
-	if len(b)%2 == 1 {
-		s += uint32(b[len(b)-1]) << 8
-	}
-	for s>>16 != 0 {
-		s = s&0xffff + s>>16
-	}
-	return ^uint16(s)
-}
-
-// TestNATPortReuseIntoTimeWait drives connections through a small NAT
-// range so that every port is reused toward a backend that still holds the
-// previous connection on it in TIME_WAIT (backends close first here, as
-// HTTP servers do with Connection: close). Linux gives each connection its
-// own timestamp offset, so without rawlb's timestamp offset about half the
-// reused SYNs would be refused as PAWS failures and retried a second later.
-func TestNATPortReuseIntoTimeWait(t *testing.T) {
-	s := start(t, "-nat-ports", "40000-40999", "-closing-timeout", "100ms")
-	const conns, workers = 6000, 4
-	var wg sync.WaitGroup
-	errs := make(chan error, workers)
-	for g := 0; g < workers; g++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; i < conns/workers; i++ {
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				c, err := s.lab.Client.Dial(ctx, "tcp", s.vip)
-				cancel()
-				if err != nil {
-					errs <- err
-					return
-				}
-				_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-				if _, err := netlab.Hello(c); err != nil {
-					errs <- err
-					c.Close()
-					return
-				}
-				_, _, err = netlab.Get(c, 0) // the backend closes first: TIME_WAIT is on its side
-				c.Close()
-				if err != nil {
-					errs <- err
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
-	if n := s.metric(t, "rawlb_nat_port_quiet_reused_total"); n < 1000 {
-		t.Fatalf("only %v NAT ports reused within their quiet time: the test did not exercise reuse", n)
-	}
-	var paws int64
-	for _, h := range s.lab.Backends {
-		paws += h.Snmp(t)["TcpExt.PAWSTimewait"]
-	}
-	retrans := s.lab.Client.Snmp(t)["TcpExt.TCPSynRetrans"]
-	if paws != 0 || retrans != 0 {
-		t.Fatalf("backends refused %d reused-port SYNs as PAWS failures; the client retransmitted %d SYNs", paws, retrans)
 	}
 }

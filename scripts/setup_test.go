@@ -2,8 +2,6 @@
 package scripts
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"os"
 	"os/exec"
@@ -11,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/rawlb/rawlb/internal/netlab"
 	"github.com/rawlb/rawlb/internal/testenv"
 )
 
@@ -174,25 +173,9 @@ func snapshot(t *testing.T, ns string) string {
 	return b.String()
 }
 
-// newNetNS creates a network namespace with a unique name and deletes it
-// when the test ends, pass or fail.
-func newNetNS(t *testing.T) string {
-	t.Helper()
-	var r [4]byte
-	if _, err := rand.Read(r[:]); err != nil {
-		t.Fatal(err)
-	}
-	name := "rlbsh-" + hex.EncodeToString(r[:])
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add %s: %v\n%s", name, err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns del %s: %v\n%s", name, err, out)
-		}
-	})
-	return name
-}
+// newNetNS creates a throwaway network namespace, deleted when the test
+// ends, pass or fail.
+func newNetNS(t *testing.T) string { return netlab.NewNetNS(t, "rlbsh") }
 
 // nsRun runs a command in namespace ns, with RAWLB_STATE_DIR set to
 // stateDir when it is not empty, and returns its standard output.

@@ -2,15 +2,21 @@ package netlab
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
+	"os/exec"
 	"runtime"
 	"strings"
+	"testing"
 	"time"
 
 	"github.com/vishvananda/netns"
+
+	"github.com/rawlb/rawlb/internal/testenv"
 )
 
 // inNetns runs fn on a fresh OS thread that has joined h's network namespace.
@@ -32,24 +38,54 @@ import (
 // fn must create its sockets on the calling goroutine: anything it starts on
 // another goroutine runs on some other thread, in the test's own namespace.
 func (h *Host) inNetns(fn func()) error {
+	return InNetNS(h.Name, func() error { fn(); return nil })
+}
+
+// InNetNS runs fn on a thread inside the named network namespace, as
+// described above, and returns fn's error or the error of entering.
+func InNetNS(name string, fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
 		// Deliberately no UnlockOSThread; see above.
-		ns, err := netns.GetFromName(h.Name)
+		ns, err := netns.GetFromName(name)
 		if err != nil {
-			errc <- fmt.Errorf("netlab: open namespace %s: %w", h.Name, err)
+			errc <- fmt.Errorf("netlab: open namespace %s: %w", name, err)
 			return
 		}
 		defer ns.Close()
 		if err := netns.Set(ns); err != nil {
-			errc <- fmt.Errorf("netlab: enter namespace %s: %w", h.Name, err)
+			errc <- fmt.Errorf("netlab: enter namespace %s: %w", name, err)
 			return
 		}
-		fn()
-		errc <- nil
+		errc <- fn()
 	}()
 	return <-errc
+}
+
+// NewNetNS creates an empty network namespace named prefix-<random hex>
+// for a test that needs one outside a Lab, and deletes it in t.Cleanup,
+// pass or fail.
+func NewNetNS(t testing.TB, prefix string) string {
+	t.Helper()
+	testenv.RequirePrivileged(t)
+	var b [4]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		t.Fatal(err)
+	}
+	name := prefix + "-" + hex.EncodeToString(b[:])
+	nsAddMu.Lock()
+	out, err := exec.Command("ip", "netns", "add", name).CombinedOutput()
+	nsAddMu.Unlock()
+	if err != nil {
+		t.Fatalf("netlab: ip netns add %s: %v\n%s", name, err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
+			t.Errorf("netlab: ip netns del %s: %v\n%s", name, err, out)
+		}
+	})
+	return name
 }
 
 // checkLiteral rejects addresses whose host part is a name. Resolving a name
