@@ -49,7 +49,7 @@ type Config struct {
 	MetricsAddr string // Prometheus listen address, "" = off
 	Pprof       bool   // also serve net/http/pprof on MetricsAddr, to profile the running daemon
 	Firewall    bool   // install and remove the nftables rules and reserved ports ourselves
-	Workers     int    // packet workers (AF_PACKET fanout); 0 = one per CPU, at most 4
+	Workers     int    // packet workers (AF_PACKET fanout); 0 = one per four CPUs, 1 to 4
 	RingFrames  int    // receive ring slots per worker; 0 = the ring package's default
 
 	Logger *slog.Logger

@@ -137,7 +137,10 @@ func TestLargeTransfers(t *testing.T) {
 }
 
 func TestConcurrentEcho(t *testing.T) {
-	s := start(t)
+	// Two workers, so the fanout path (a flow's two directions handled
+	// by different workers) carries this load; the default on small
+	// machines is one.
+	s := start(t, "-workers", "2")
 	const conns, size = 200, 1 << 20
 	var wg sync.WaitGroup
 	errs := make(chan error, conns)

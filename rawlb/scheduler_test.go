@@ -50,3 +50,11 @@ func TestSchedulerLeastConnections(t *testing.T) {
 		t.Fatalf("ties went to %v, want all three", seen)
 	}
 }
+
+func TestDefaultWorkers(t *testing.T) {
+	for cpus, want := range map[int]int{1: 1, 2: 1, 4: 1, 8: 2, 12: 3, 16: 4, 64: 4} {
+		if got := defaultWorkers(cpus); got != want {
+			t.Errorf("defaultWorkers(%d) = %d, want %d", cpus, got, want)
+		}
+	}
+}

@@ -94,7 +94,7 @@ func parse(args []string, stderr io.Writer) (rawlb.Config, slog.Level, bool, err
 		metrics    = fs.String("metrics", "", "serve Prometheus metrics on this `address` (e.g. 127.0.0.1:9120)")
 		pprofOn    = fs.Bool("pprof", false, "also serve /debug/pprof on the -metrics address (profiling; keep that address private)")
 		fw         = fs.Bool("firewall", true, "install nftables rules and reserve the NAT ports so the host's TCP stack stays quiet; false leaves it to scripts/setup.sh")
-		workers    = fs.Int("workers", 0, "packet workers (0: one per CPU, at most 4)")
+		workers    = fs.Int("workers", 0, "packet workers sharing the interface by flow hash (0: one per four CPUs, 1 to 4)")
 		logLevel   = fs.String("log-level", "info", "log `level`: debug, info, warn or error")
 		showVer    = fs.Bool("version", false, "print the version and exit")
 	)
