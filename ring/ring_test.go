@@ -120,30 +120,6 @@ func TestReceiveAndSend(t *testing.T) {
 	}
 }
 
-// arrived waits until the kernel has taken want frames into a socket (or
-// the count stops growing: the bridge may drop some) and returns how many
-// are in its ring. stats returns the counts since its last call; the kernel
-// counts a dropped frame in both (af_packet.c adds tp_drops to tp_packets).
-func arrived(b *testing.B, want int, stats func() (packets, drops int)) int {
-	var packets, drops int
-	idle := 0
-	for packets < want && idle < 50 {
-		p, d := stats()
-		if p == 0 {
-			idle++
-			time.Sleep(time.Millisecond) // polling the kernel's counters, off the timer
-			continue
-		}
-		idle = 0
-		packets += p
-		drops += d
-	}
-	if packets == 0 {
-		b.Fatal("no frame reached the socket")
-	}
-	return packets - drops
-}
-
 // BenchmarkDrain compares receiving from this package's ring with gopacket's
 // afpacket (TPACKET_V2, zero-copy reads). Each round fills the receive ring
 // from the client with the timer stopped, then times draining it, so the
@@ -172,7 +148,7 @@ func BenchmarkDrain(b *testing.B) {
 			if err := pc.SendBatch(batch); err != nil {
 				b.Fatal(err)
 			}
-			ready := arrived(b, frames, func() (int, int) {
+			ready := netlab.Arrived(b, frames, func() (int, int) {
 				p, d, err := s.Stats()
 				if err != nil {
 					b.Fatal(err)
@@ -215,7 +191,7 @@ func BenchmarkDrain(b *testing.B) {
 				b.Fatal(err)
 			}
 			var last afpacket.SocketStats
-			ready := arrived(b, frames, func() (int, int) {
+			ready := netlab.Arrived(b, frames, func() (int, int) {
 				st, _, err := tp.SocketStats()
 				if err != nil {
 					b.Fatal(err)

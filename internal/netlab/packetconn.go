@@ -104,3 +104,29 @@ func (pc *PacketConn) SendBatch(frames [][]byte) error {
 	}
 	return nil
 }
+
+// Arrived waits until a receiving socket's kernel counters show want frames
+// taken in (or stop growing: a bridge may drop some) and returns how many
+// are waiting in its ring. stats returns the counts since its last call;
+// the kernel counts a dropped frame in both (af_packet.c adds tp_drops to
+// tp_packets). Benchmarks call it with their timer stopped, to fill a ring
+// before timing how fast it drains.
+func Arrived(t testing.TB, want int, stats func() (packets, drops int)) int {
+	var packets, drops int
+	idle := 0
+	for packets < want && idle < 50 {
+		p, d := stats()
+		if p == 0 {
+			idle++
+			time.Sleep(time.Millisecond) // polling the kernel's counters; nothing to wait on
+			continue
+		}
+		idle = 0
+		packets += p
+		drops += d
+	}
+	if packets == 0 {
+		t.Fatal("netlab: no frame reached the socket")
+	}
+	return packets - drops
+}
