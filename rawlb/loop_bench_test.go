@@ -120,4 +120,3 @@ func BenchmarkForwardLoop(b *testing.B) {
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(forwarded), "ns/packet")
 	b.ReportMetric(float64(forwarded)/b.Elapsed().Seconds(), "packets/s")
 }
-
