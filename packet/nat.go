@@ -25,20 +25,36 @@ const (
 // field, because the field holds the pseudo-header sum alone: the ports are
 // part of the segment, which the offload sums later as it then is.
 func (f *Frame) RewriteTCP(src [4]byte, srcPort uint16, dst [4]byte, dstPort uint16, state CsumState) {
-	ip, tcp := f.IP, f.TCP
+	tcp := f.TCP
+	d := setAddresses(f.IP, src, dst)
+	if state == CsumPartial {
+		tcp.SetChecksum(d.applyPartial(tcp.Checksum()))
+		setPorts(tcp, nil, srcPort, dstPort)
+		return
+	}
+	setPorts(tcp, &d, srcPort, dstPort)
+	tcp.SetChecksum(d.apply(tcp.Checksum()))
+}
+
+// setAddresses writes src and dst into ip's header and adjusts its
+// checksum. It returns the change, for the checksums that cover the
+// pseudo-header too.
+func setAddresses(ip IPv4, src, dst [4]byte) delta {
 	var d delta
 	d.add32(ip.Source(), src)
 	d.add32(ip.Destination(), dst)
 	copy(ip[12:16], src[:])
 	copy(ip[16:20], dst[:])
 	ip.SetChecksum(d.apply(ip.Checksum()))
+	return d
+}
 
-	if state == CsumPartial {
-		tcp.SetChecksum(d.applyPartial(tcp.Checksum()))
-	} else {
-		d.add(tcp.SourcePort(), srcPort)
-		d.add(tcp.DestinationPort(), dstPort)
-		tcp.SetChecksum(d.apply(tcp.Checksum()))
+// setPorts writes the ports at the start of a TCP header (whole, or the 8
+// bytes an ICMP error quotes), adding the change to d unless d is nil.
+func setPorts(tcp []byte, d *delta, srcPort, dstPort uint16) {
+	if d != nil {
+		d.add(binary.BigEndian.Uint16(tcp[0:2]), srcPort)
+		d.add(binary.BigEndian.Uint16(tcp[2:4]), dstPort)
 	}
 	binary.BigEndian.PutUint16(tcp[0:2], srcPort)
 	binary.BigEndian.PutUint16(tcp[2:4], dstPort)
@@ -54,28 +70,16 @@ func (f *Frame) RewriteTCP(src [4]byte, srcPort uint16, dst [4]byte, dstPort uin
 // covers the whole quote, so it is summed again: an ICMP error is at most a
 // few hundred bytes and rare, unlike the segments RewriteTCP handles.
 func (f *Frame) TranslateICMP(outerSrc, outerDst [4]byte, innerSrc [4]byte, innerSrcPort uint16, innerDst [4]byte, innerDstPort uint16) {
-	ip := f.IP
-	var d delta
-	d.add32(ip.Source(), outerSrc)
-	d.add32(ip.Destination(), outerDst)
-	copy(ip[12:16], outerSrc[:])
-	copy(ip[16:20], outerDst[:])
-	ip.SetChecksum(d.apply(ip.Checksum()))
-
-	in, tcp := f.Inner, f.InnerTCP
-	var di delta
-	di.add32(in.Source(), innerSrc)
-	di.add32(in.Destination(), innerDst)
-	copy(in[12:16], innerSrc[:])
-	copy(in[16:20], innerDst[:])
-	in.SetChecksum(di.apply(in.Checksum()))
+	setAddresses(f.IP, outerSrc, outerDst)
+	tcp := f.InnerTCP
+	d := setAddresses(f.Inner, innerSrc, innerDst)
 	if len(tcp) >= 18 {
-		di.add(binary.BigEndian.Uint16(tcp[0:2]), innerSrcPort)
-		di.add(binary.BigEndian.Uint16(tcp[2:4]), innerDstPort)
-		binary.BigEndian.PutUint16(tcp[16:18], di.apply(binary.BigEndian.Uint16(tcp[16:18])))
+		// The quote reaches the TCP checksum: keep it as valid as it was.
+		setPorts(tcp, &d, innerSrcPort, innerDstPort)
+		binary.BigEndian.PutUint16(tcp[16:18], d.apply(binary.BigEndian.Uint16(tcp[16:18])))
+	} else {
+		setPorts(tcp, nil, innerSrcPort, innerDstPort)
 	}
-	binary.BigEndian.PutUint16(tcp[0:2], innerSrcPort)
-	binary.BigEndian.PutUint16(tcp[2:4], innerDstPort)
 
 	f.ICMP.SetChecksum(0)
 	f.ICMP.SetChecksum(Checksum(f.ICMP))
