@@ -9,32 +9,18 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/rawlb/rawlb/internal/chat"
+	"github.com/rawlb/rawlb/internal/testenv"
 )
 
 const hangGuard = 30 * time.Second
 
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+// syncBuffer collects the server's log while the test reads it.
+type syncBuffer struct{ testenv.Buffer }
 
 var listeningRE = regexp.MustCompile(`msg="chat server listening" addr=(\S+)`)
 

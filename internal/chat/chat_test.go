@@ -2,7 +2,6 @@ package chat
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -10,33 +9,18 @@ import (
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/rawlb/rawlb/internal/testenv"
 )
 
 // hangGuard bounds every wait in these tests. It only turns a hang into a
 // failure; no test asserts anything about how long something took.
 const hangGuard = 30 * time.Second
 
-// syncBuffer is a bytes.Buffer that the server's logger and the test may use
-// at once.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+// syncBuffer collects the server's log while the test reads it.
+type syncBuffer struct{ testenv.Buffer }
 
 // linesWith returns the log lines that contain every one of parts.
 func (b *syncBuffer) linesWith(parts ...string) []string {
