@@ -12,4 +12,6 @@ if [ ${#missing[@]} -gt 0 ]; then
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 cd "$(dirname "$0")/.."
+command -v go >/dev/null || PATH=$PATH:/usr/local/go/bin
+command -v go >/dev/null || { echo "deps.sh: Go is not installed (https://go.dev/doc/install); rawlb needs Go 1.26 or later" >&2; exit 1; }
 go mod download
