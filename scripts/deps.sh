@@ -2,7 +2,7 @@
 # Installs the Debian/Ubuntu packages rawlb's tests and demo need, and fetches
 # the Go modules. Needs root (apt-get). Go itself must already be installed.
 set -euo pipefail
-need=(iproute2 iptables nftables ethtool procps)
+need=(make iproute2 iptables nftables ethtool procps util-linux)
 missing=()
 for p in "${need[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
