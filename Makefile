@@ -1,6 +1,7 @@
 # rawlb build, test and lint entry points. `make test` is the README's test
 # command and what CI runs; the privileged tests need root.
-GO        ?= go
+# sudo's secure_path usually lacks Go's own directory: fall back to it.
+GO        ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 GOFLAGS_B := -trimpath -ldflags '$(LDFLAGS)'
