@@ -2,6 +2,8 @@
 # command and what CI runs; the privileged tests need root.
 # sudo's secure_path usually lacks Go's own directory: fall back to it.
 GO        ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
+# Tests run go and make themselves (netlab builds the binary): keep Go on PATH.
+export PATH := $(abspath $(dir $(GO))):$(PATH)
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 GOFLAGS_B := -trimpath -ldflags '$(LDFLAGS)'
