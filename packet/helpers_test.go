@@ -131,3 +131,14 @@ func completePartial(ip []byte) {
 	total := int(binary.BigEndian.Uint16(ip[2:4]))
 	binary.BigEndian.PutUint16(ip[hl+16:], ^uint16(refSum(ip[hl:total])))
 }
+
+// parsed parses b, failing t if Parse rejects it.
+func parsed(t testing.TB, b []byte) *Frame {
+	t.Helper()
+	var p Parser
+	f := new(Frame)
+	if err := p.Parse(b, f); err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	return f
+}

@@ -32,16 +32,12 @@ var (
 )
 
 func TestRewriteTCPComplete(t *testing.T) {
-	var p Parser
-	var f Frame
 	for name, spec := range natCases() {
 		t.Run(name, func(t *testing.T) {
 			b := build(t, spec)
-			if err := p.Parse(b, &f); err != nil {
-				t.Fatal(err)
-			}
+			f := parsed(t, b)
 			f.RewriteTCP(ipLB, natPort, ipBackend, backendPort, CsumComplete)
-			checkRewritten(t, b, &f, ipLB, natPort, ipBackend, backendPort, spec.payload)
+			checkRewritten(t, b, f, ipLB, natPort, ipBackend, backendPort, spec.payload)
 
 			// And back, as a reply would travel: the original comes out.
 			f.RewriteTCP(spec.src, spec.sport, spec.dst, spec.dport, CsumComplete)
@@ -77,14 +73,10 @@ func checkRewritten(t *testing.T, b []byte, f *Frame, src [4]byte, sport uint16,
 }
 
 func TestRewriteTCPPartial(t *testing.T) {
-	var p Parser
-	var f Frame
 	for name, spec := range natCases() {
 		t.Run(name, func(t *testing.T) {
 			b := build(t, spec)
-			if err := p.Parse(b, &f); err != nil {
-				t.Fatal(err)
-			}
+			f := parsed(t, b)
 			makePartial(f.IP)
 			f.RewriteTCP(ipLB, natPort, ipBackend, backendPort, CsumPartial)
 			// The field must now be the pseudo-header sum of the new
@@ -95,7 +87,7 @@ func TestRewriteTCPPartial(t *testing.T) {
 				t.Errorf("partial field %#04x, want pseudo-header sum %#04x", got, want)
 			}
 			completePartial(f.IP)
-			checkRewritten(t, b, &f, ipLB, natPort, ipBackend, backendPort, spec.payload)
+			checkRewritten(t, b, f, ipLB, natPort, ipBackend, backendPort, spec.payload)
 		})
 	}
 }
@@ -104,12 +96,7 @@ func TestRewriteTCPPartial(t *testing.T) {
 // interchangeable: treating a partial checksum as complete folds the port
 // change into the pseudo-header sum, and the segment arrives corrupt.
 func TestRewriteTCPPartialNeedsState(t *testing.T) {
-	var p Parser
-	var f Frame
-	b := build(t, natCases()["odd payload"])
-	if err := p.Parse(b, &f); err != nil {
-		t.Fatal(err)
-	}
+	f := parsed(t, build(t, natCases()["odd payload"]))
 	makePartial(f.IP)
 	f.RewriteTCP(ipLB, natPort, ipBackend, backendPort, CsumComplete)
 	completePartial(f.IP)
@@ -119,12 +106,7 @@ func TestRewriteTCPPartialNeedsState(t *testing.T) {
 }
 
 func TestRewriteTCPAllocatesNothing(t *testing.T) {
-	var p Parser
-	var f Frame
-	b := build(t, natCases()["odd payload"])
-	if err := p.Parse(b, &f); err != nil {
-		t.Fatal(err)
-	}
+	f := parsed(t, build(t, natCases()["odd payload"]))
 	if n := testing.AllocsPerRun(100, func() {
 		f.RewriteTCP(ipLB, natPort, ipBackend, backendPort, CsumComplete)
 		f.RewriteTCP(ipClient, 65535, ipLB, 20000, CsumComplete)
@@ -142,11 +124,7 @@ func TestTranslateICMP(t *testing.T) {
 	router := [4]byte{198, 18, 1, 1}
 	for _, quoteLen := range []int{28, 40, len(sent)} {
 		b := icmpFrame(t, router, ipLB, ICMPDestUnreachable, ICMPCodeFragNeeded, 1400, sent, quoteLen)
-		var p Parser
-		var f Frame
-		if err := p.Parse(b, &f); err != nil {
-			t.Fatal(err)
-		}
+		f := parsed(t, b)
 		// Toward the client the error must look like it is about the
 		// client's own segment to srcIP:20000.
 		f.TranslateICMP(ipLB, ipClient, ipClient, 51000, ipLB, 20000)
@@ -182,12 +160,7 @@ func TestTranslateICMP(t *testing.T) {
 }
 
 func TestSetPseudoChecksum(t *testing.T) {
-	var p Parser
-	var f Frame
-	b := build(t, natCases()["even payload"])
-	if err := p.Parse(b, &f); err != nil {
-		t.Fatal(err)
-	}
+	f := parsed(t, build(t, natCases()["even payload"]))
 	f.TCP.SetChecksum(0x1234) // a stale value, as GRO leaves it
 	f.RewriteTCP(ipLB, natPort, ipBackend, backendPort, CsumPartial)
 	f.SetPseudoChecksum()

@@ -32,12 +32,7 @@ func TestTimestamps(t *testing.T) {
 	for _, tc := range tests {
 		for _, state := range []CsumState{CsumComplete, CsumPartial} {
 			spec := segSpec{src: ipClient, dst: ipLB, sport: 1, dport: 20000, ackf: true, tcpOptions: tc.opts, payload: []byte("abc")}
-			b := build(t, spec)
-			var p Parser
-			var f Frame
-			if err := p.Parse(b, &f); err != nil {
-				t.Fatal(err)
-			}
+			f := parsed(t, build(t, spec))
 			off := f.TCP.TimestampOption()
 			if off != tc.off {
 				t.Fatalf("%s: option at %d, want %d", tc.name, off, tc.off)
