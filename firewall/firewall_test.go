@@ -280,14 +280,7 @@ func inNetNS(t *testing.T, ns string, fn func() error) {
 // nsRun runs a command in namespace ns and returns its standard output.
 func nsRun(t *testing.T, ns string, args ...string) string {
 	t.Helper()
-	cmd := exec.Command("ip", append([]string{"netns", "exec", ns}, args...)...)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("ip netns exec %s %s: %v\n%s", ns, strings.Join(args, " "), err, stderr.String())
-	}
-	return string(out)
+	return netlab.RunIn(t, ns, nil, args...)
 }
 
 func readFile(t *testing.T, path string) string {

@@ -181,16 +181,9 @@ func newNetNS(t *testing.T) string { return netlab.NewNetNS(t, "rlbsh") }
 // stateDir when it is not empty, and returns its standard output.
 func nsRun(t *testing.T, ns, stateDir string, args ...string) string {
 	t.Helper()
-	cmd := exec.Command("ip", append([]string{"netns", "exec", ns}, args...)...)
-	cmd.Env = os.Environ()
+	var env []string
 	if stateDir != "" {
-		cmd.Env = append(cmd.Env, "RAWLB_STATE_DIR="+stateDir)
+		env = []string{"RAWLB_STATE_DIR=" + stateDir}
 	}
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("ip netns exec %s %s: %v\n%s", ns, strings.Join(args, " "), err, stderr.String())
-	}
-	return string(out)
+	return netlab.RunIn(t, ns, env, args...)
 }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"os/exec"
 	"runtime"
 	"strings"
@@ -158,4 +159,20 @@ func (h *Host) HTTPClient() *http.Client {
 			DisableKeepAlives: true, // a scrape per call; no idle sockets pinning a deleted namespace
 		},
 	}
+}
+
+// RunIn runs a command in the named namespace (`ip netns exec`), with env
+// added to the test's environment, and returns its standard output. It
+// fails t with the command's standard error if the command fails.
+func RunIn(t testing.TB, ns string, env []string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command("ip", append([]string{"netns", "exec", ns}, args...)...)
+	cmd.Env = append(os.Environ(), env...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("ip netns exec %s %s: %v\n%s", ns, strings.Join(args, " "), err, stderr.String())
+	}
+	return string(out)
 }
