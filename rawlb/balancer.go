@@ -2,13 +2,13 @@ package rawlb
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/pprof"
 	"net/netip"
+	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -196,7 +196,7 @@ func (b *Balancer) run(ctx context.Context, attrs *netlink.LinkAttrs) error {
 	if workers > 1 {
 		// Fanout groups are per network namespace; a group id from the
 		// pid keeps two balancers on one host apart.
-		fanout = uint16(osPid()&0xffff) | 1
+		fanout = uint16(os.Getpid()&0xffff) | 1
 	}
 	socks := make([]*ring.Socket, 0, workers)
 	defer func() {
@@ -326,6 +326,3 @@ func (b *Balancer) housekeeping(ctx context.Context, nb *neighbors, socks []*rin
 		}
 	}
 }
-
-// ErrUsage marks an error in the command line (exit status 2).
-var ErrUsage = errors.New("usage")

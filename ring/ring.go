@@ -73,7 +73,6 @@ type Packet struct {
 	VNet    VNetHdr // Buf[:VNetHdrLen]
 	Status  uint32  // tp_status: TP_STATUS_CSUMNOTREADY, TP_STATUS_VLAN_VALID, ...
 	WireLen int     // tp_len: the frame's real length; longer than Frame when the ring truncated it
-	PktType uint8   // sll_pkttype: PACKET_HOST, PACKET_OUTGOING, ...
 }
 
 // Truncated reports whether the ring frame was too small for the packet.
@@ -126,12 +125,6 @@ type Socket struct {
 	txFn    func(uintptr) bool
 }
 
-// tpacket2 header layout (struct tpacket2_hdr, then struct sockaddr_ll at
-// TPACKET_ALIGN(sizeof(struct tpacket2_hdr))).
-const (
-	tpHdrLen     = unix.SizeofTpacket2Hdr
-	sllPktTypeAt = tpHdrLen + 10
-)
 
 // Open creates the socket, its ring and filter, and binds it to the
 // interface. It needs CAP_NET_RAW.
@@ -293,7 +286,6 @@ func (s *Socket) fill(pkts []Packet) int {
 		p.Frame = p.Buf[VNetHdrLen:]
 		p.Status = st
 		p.WireLen = int(hdr.Len)
-		p.PktType = s.ring[base+sllPktTypeAt]
 		n++
 	}
 	return n

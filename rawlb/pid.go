@@ -1,5 +1,0 @@
-package rawlb
-
-import "os"
-
-func osPid() int { return os.Getpid() }
