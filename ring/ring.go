@@ -125,7 +125,6 @@ type Socket struct {
 	txFn    func(uintptr) bool
 }
 
-
 // Open creates the socket, its ring and filter, and binds it to the
 // interface. It needs CAP_NET_RAW.
 func Open(c Config) (*Socket, error) {
