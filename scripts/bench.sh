@@ -24,8 +24,12 @@
 #
 # Needs root, nginx, haproxy, wrk, nft, ip, curl (scripts/bench-deps.sh) and
 # bin/rawlb (make build; RAWLB_BIN overrides). BENCH_CONTENDERS runs only
-# some contenders (default "direct knat haproxy rawlb"). The results table goes to
-# stdout and, as markdown, to BENCH_OUT (default docs/bench-latest.md).
+# some contenders (default "direct knat haproxy rawlb"). BENCH_ROUNDS
+# (default 3) repeats the whole set, each round starting with the next
+# contender, so a slow minute on a shared machine hits every contender
+# alike; the table shows each contender's median round and every round's
+# ratio. The results table goes to stdout and, as markdown, to BENCH_OUT
+# (default docs/bench-latest.md).
 set -euo pipefail
 
 caller_pwd=$PWD
@@ -33,6 +37,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 DURATION=${BENCH_DURATION:-10s}
+ROUNDS=${BENCH_ROUNDS:-3}
 OUT=${BENCH_OUT:-$ROOT/docs/bench-latest.md}
 case $OUT in /*) ;; *) OUT=$caller_pwd/$OUT ;; esac
 RAWLB=${RAWLB_BIN:-$ROOT/bin/rawlb}
@@ -62,6 +67,8 @@ done
 readonly CONTENDERS
 
 [[ $DURATION =~ ^[1-9][0-9]*[smh]?$ ]] || die "BENCH_DURATION=$DURATION: want a wrk duration such as 10s, 2m"
+[[ $ROUNDS =~ ^[1-9]$ ]] || die "BENCH_ROUNDS=$ROUNDS: want a number of rounds from 1 to 9"
+readonly ROUNDS
 [ "$(id -u)" -eq 0 ] || die "needs root (network namespaces); run it as: sudo make bench"
 for tool in ip bridge nft nginx haproxy wrk curl top getconf; do
 	command -v "$tool" >/dev/null || die "$tool not found: run scripts/bench-deps.sh"
@@ -210,6 +217,14 @@ build_lab() {
 		link set br0 addrgenmode none
 		link set br0 up
 	EOF
+	# As in the end-to-end lab (internal/netlab): with br_netfilter loaded
+	# on the host, every bridged frame would also pass through netfilter,
+	# which no real switch does. It took about 8% of all CPU samples here,
+	# the same tax on every contender. The sysctls are this namespace's own.
+	local f
+	for f in bridge-nf-call-iptables bridge-nf-call-ip6tables bridge-nf-call-arptables; do
+		ip netns exec "$SW" sh -c "[ ! -e /proc/sys/net/bridge/$f ] || echo 0 >/proc/sys/net/bridge/$f"
+	done
 	add_host "$CLIENT" client "$CLIENT_IP"
 	# wrk closes a Connection: close socket itself once the response is in,
 	# often before the proxy's FIN arrives, so the client keeps a TIME_WAIT
@@ -466,10 +481,11 @@ write_wrk_script() {
 	EOF
 }
 
-# run_load CONTENDER LOAD: one wrk run from the client, with the balancer's
-# and the machine's CPU time around it, and for rawlb its counters.
+# run_load CONTENDER LOAD ROUND: one wrk run from the client, with the
+# balancer's and the machine's CPU time around it, and for rawlb its
+# counters (the last round's are the ones reported).
 run_load() {
-	local c=$1 load=$2 k=$1/$2 out=$WORK/wrk-$1-$2.txt
+	local c=$1 load=$2 k=$1/$2/$3 out=$WORK/wrk-$1-$2-$3.txt
 	wrk_opts "$load"
 	local h0 h1 p0=0 p1=0 sampler=""
 	[ "$c" != rawlb ] || scrape >"$WORK/metrics-$load-before.txt" || true
@@ -544,6 +560,55 @@ counter_deltas() {
 		}' "$b" "$a"
 }
 
+# --- the summary over rounds ---
+
+# primary LOAD C/LOAD/ROUND: the figure a load is judged by: MB/s for the
+# bulk stream (a few whole requests in 10 s say little), req/s otherwise.
+primary() {
+	if [ "$1" = bulk ]; then echo "${MBS[$2]:-}"; else echo "${RPS[$2]:-}"; fi
+}
+
+# median_round C LOAD: the round whose primary figure is the median of C's
+# rounds of LOAD (the lower middle one for an even count), or 1 if none
+# has a number.
+median_round() {
+	local r
+	for r in $(seq 1 "$ROUNDS"); do
+		echo "$r $(primary "$2" "$1/$2/$r")"
+	done | awk '$2 ~ /^[0-9.]+$/' | sort -k2,2n | awk '{ r[NR] = $1 } END { print (NR ? r[int((NR + 1) / 2)] : 1) }'
+}
+
+# summarize: for each contender and load, the median round's figures under
+# C/LOAD, and over all rounds the sums of socket errors, non-2xx answers
+# and retransmissions (a target of zero holds only if it held in every
+# round) and the list of req/s by round.
+declare -A BYROUND RATIOS
+summarize() {
+	local c load r k m v
+	for c in "${CONTENDERS[@]}"; do
+		for load in "${LOADS[@]}"; do
+			k=$c/$load m=$(median_round "$c" "$load")
+			RPS[$k]=${RPS[$k/$m]:-} MBS[$k]=${MBS[$k/$m]:-} P99[$k]=${P99[$k/$m]:-}
+			LBCPU[$k]=${LBCPU[$k/$m]:-} HOSTCPU[$k]=${HOSTCPU[$k/$m]:-} OTHERCPU[$k]=${OTHERCPU[$k/$m]:-}
+			BYROUND[$k]=$(for r in $(seq 1 "$ROUNDS"); do v=$(primary "$load" "$k/$r"); echo "${v:-n/a}"; done | paste -sd/ -)
+			SOCKERR[$k]=$(for r in $(seq 1 "$ROUNDS"); do echo "${SOCKERR[$k/$r]:-x/x/x/x}"; done |
+				awk -F/ '{ for (i = 1; i <= 4; i++) if ($i ~ /^[0-9]+$/) s[i] += $i; else bad = 1 }
+					END { print (bad ? "n/a" : s[1] "/" s[2] "/" s[3] "/" s[4]) }')
+			NON2XX[$k]=$(for r in $(seq 1 "$ROUNDS"); do echo "${NON2XX[$k/$r]:-x}"; done |
+				awk '$1 ~ /^[0-9]+$/ { s += $1; next } { bad = 1 } END { print (bad ? "n/a" : s) }')
+			RETRANS[$k]=$(for r in $(seq 1 "$ROUNDS"); do echo "${RETRANS[$k/$r]:-x/x}"; done |
+				awk -F/ '$1 ~ /^[0-9]+$/ && $2 ~ /^[0-9]+$/ { a += $1; b += $2; next } { bad = 1 } END { print (bad ? "n/a" : a "/" b) }')
+		done
+	done
+	for load in "${LOADS[@]}"; do
+		for c in knat haproxy; do
+			RATIOS[$c/$load]=$(for r in $(seq 1 "$ROUNDS"); do
+				echo "$(ratio "$(primary "$load" "rawlb/$load/$r")" "$(primary "$load" "$c/$load/$r")")"
+			done | paste -sd' ' -)
+		done
+	done
+}
+
 # --- the report ---
 
 label() {
@@ -576,7 +641,8 @@ report() {
 	echo
 	echo "Machine: $(nproc) cores ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), kernel $(uname -r)."
 	echo "Everything (wrk, three nginx, the balancer) shares these cores. Each load runs $DURATION;"
-	echo "each contender gets a freshly built lab (switch, client, backends, balancer)."
+	echo "each contender gets a freshly built lab (switch, client, backends, balancer) in each of"
+	echo "$ROUNDS round(s); each round starts with the next contender in turn."
 	echo "The client namespace has net.ipv4.tcp_tw_reuse=1 (wrk's own TIME_WAITs would"
 	echo "otherwise make connect() the bottleneck); nginx has keepalive_requests 1000000,"
 	echo "HAProxy nbthread 1, maxconn 4096; rawlb runs with its defaults (-workers 0)."
@@ -599,31 +665,38 @@ report() {
 	echo "Other CPU s is what processes outside the benchmark used meanwhile (something"
 	echo "else running on the machine; well above 0 means the row is skewed)."
 	echo
-	echo "| load | contender | req/s | p99 ms | MB/s | socket errors c/r/w/t | non-2xx | client retrans SYN/all | LB CPU s | host CPU s (softirq) | other CPU s |"
-	echo "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+	echo "Each row is the contender's median round by req/s (by MB/s for bulk), except socket"
+	echo "errors, non-2xx and retransmissions, which are summed over all rounds; the last"
+	echo "column lists req/s (MB/s for bulk) in every round."
+	echo
+	echo "| load | contender | req/s | p99 ms | MB/s | socket errors c/r/w/t | non-2xx | client retrans SYN/all | LB CPU s | host CPU s (softirq) | other CPU s | req/s (bulk: MB/s) by round |"
+	echo "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
 	for load in "${LOADS[@]}"; do
 		for c in "${CONTENDERS[@]}"; do
 			k=$c/$load
-			printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$load" "$(label "$c")" \
+			printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$load" "$(label "$c")" \
 				"${RPS[$k]:-n/a}" "${P99[$k]:-n/a}" "${MBS[$k]:-n/a}" "${SOCKERR[$k]:-n/a}" \
-				"${NON2XX[$k]:-n/a}" "${RETRANS[$k]:-n/a}" "${LBCPU[$k]:--}" "${HOSTCPU[$k]:-n/a}" "${OTHERCPU[$k]:-n/a}"
+				"${NON2XX[$k]:-n/a}" "${RETRANS[$k]:-n/a}" "${LBCPU[$k]:--}" "${HOSTCPU[$k]:-n/a}" "${OTHERCPU[$k]:-n/a}" \
+				"${BYROUND[$k]:-n/a}"
 		done
 	done
 	echo
-	echo "rawlb's ratio to the kernel NAT (b) and to HAProxy (c); above 1 is better for"
-	echo "req/s and MB/s, below 1 is better for p99 and CPU."
+	echo "rawlb's ratio to the kernel NAT (b) and to HAProxy (c), median round to median"
+	echo "round; above 1 is better for req/s and MB/s, below 1 is better for p99 and CPU."
+	echo "The last two columns give the ratio within each round, of req/s (of MB/s for bulk)."
 	echo
-	echo "| load | req/s vs (b) | req/s vs (c) | MB/s vs (b) | MB/s vs (c) | p99 vs (b) | p99 vs (c) | CPU s vs HAProxy |"
-	echo "|---|--:|--:|--:|--:|--:|--:|--:|"
+	echo "| load | req/s vs (b) | req/s vs (c) | MB/s vs (b) | MB/s vs (c) | p99 vs (b) | p99 vs (c) | CPU s vs HAProxy | vs (b) by round | vs (c) by round |"
+	echo "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
 	for load in "${LOADS[@]}"; do
-		printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$load" \
+		printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$load" \
 			"$(ratio "${RPS[rawlb/$load]:-}" "${RPS[knat/$load]:-}")" \
 			"$(ratio "${RPS[rawlb/$load]:-}" "${RPS[haproxy/$load]:-}")" \
 			"$(ratio "${MBS[rawlb/$load]:-}" "${MBS[knat/$load]:-}")" \
 			"$(ratio "${MBS[rawlb/$load]:-}" "${MBS[haproxy/$load]:-}")" \
 			"$(ratio "${P99[rawlb/$load]:-}" "${P99[knat/$load]:-}")" \
 			"$(ratio "${P99[rawlb/$load]:-}" "${P99[haproxy/$load]:-}")" \
-			"$(ratio "${LBCPU[rawlb/$load]:-}" "${LBCPU[haproxy/$load]:-}")"
+			"$(ratio "${LBCPU[rawlb/$load]:-}" "${LBCPU[haproxy/$load]:-}")" \
+			"${RATIOS[knat/$load]:-n/a}" "${RATIOS[haproxy/$load]:-n/a}"
 	done
 	echo
 	echo "### rawlb"
@@ -639,7 +712,7 @@ report() {
 	fi
 	echo '```'
 	echo
-	echo "### rawlb counters that moved during each load"
+	echo "### rawlb counters that moved during each load (last round)"
 	echo
 	for load in "${LOADS[@]}"; do
 		echo "$load:"
@@ -649,7 +722,7 @@ report() {
 		echo '```'
 		echo
 	done
-	echo "### rawlb per-thread CPU during the keep-alive load"
+	echo "### rawlb per-thread CPU during the keep-alive load (last round)"
 	echo
 	echo '```'
 	if [ -s "$WORK/threads-after.txt" ]; then
@@ -679,26 +752,33 @@ report() {
 
 # --- main ---
 
-log "labs $P*, work dir $WORK, $DURATION per load"
+log "labs $P*, work dir $WORK, $DURATION per load, $ROUNDS round(s)"
 write_wrk_script
-for c in "${CONTENDERS[@]}"; do
-	log "=== $(label "$c")"
-	build_lab "$c"
-	start_backends
-	"start_$c"
-	for load in "${LOADS[@]}"; do
-		run_load "$c" "$load"
-		# Let FINs, TIME_WAITs and the backends settle between loads.
-		sleep 2
+for round in $(seq 1 "$ROUNDS"); do
+	# Round r starts with contender r-1 (mod their number), so that no
+	# contender always runs first on a fresh machine or last on a tired one.
+	n=${#CONTENDERS[@]}
+	for i in $(seq 0 $((n - 1))); do
+		c=${CONTENDERS[(i + round - 1) % n]}
+		log "=== round $round/$ROUNDS: $(label "$c")"
+		build_lab "$c"
+		start_backends
+		"start_$c"
+		for load in "${LOADS[@]}"; do
+			run_load "$c" "$load" "$round"
+			# Let FINs, TIME_WAITs and the backends settle between loads.
+			sleep 2
+		done
+		if [ "$c" = rawlb ]; then
+			alive "$LB_PID" || log "rawlb is not running at the end: $(tail -n 20 "$WORK/rawlb.log")"
+			grep -m 1 'rawlb started' "$WORK/rawlb.log" >"$WORK/rawlb-started.txt" || true
+			grep -Ei 'level=(warn|error)|panic' "$WORK/rawlb.log" | head -n 20 >>"$WORK/rawlb-warnings.txt" || true
+		fi
+		stop_contender
 	done
-	if [ "$c" = rawlb ]; then
-		alive "$LB_PID" || log "rawlb is not running at the end: $(tail -n 20 "$WORK/rawlb.log")"
-		grep -m 1 'rawlb started' "$WORK/rawlb.log" >"$WORK/rawlb-started.txt" || true
-		grep -Ei 'level=(warn|error)|panic' "$WORK/rawlb.log" | head -n 20 >"$WORK/rawlb-warnings.txt" || true
-	fi
-	stop_contender
 done
 
+summarize
 report >"$WORK/report.md"
 mkdir -p "$(dirname "$OUT")"
 cp "$WORK/report.md" "$OUT"
