@@ -331,14 +331,16 @@ func (s *Socket) Send(bufs [][]byte) (dropped int, err error) {
 //
 // It is a raw system call, without the runtime's entersyscall/exitsyscall.
 // On a veth the kernel runs the receiving host's whole stack inside this
-// call, so it often takes longer than the 20 µs after which Go's sysmon
-// counts a system call as blocking: sysmon then kept waking every 20 µs
-// to look (2% of all CPU samples under load), and each time it took the
-// P away, the worker came back to a scheduler handoff. The call cannot
-// block: the socket is non-blocking, so a full send buffer is EAGAIN
-// (the sendmmsg path adds MSG_DONTWAIT for an O_NONBLOCK file), and the
-// wait for room goes through the netpoller like any other. Measured in
-// the benchmark: 15-20% less rawlb CPU per request (docs/performance.md).
+// call, so it often outlasts the 20 µs after which Go's sysmon treats a
+// system call as blocking and may hand the P to another thread. Measured
+// under the benchmark's conn load: with the ordinary call, sysmon's thread
+// woke 3,400 times a second (2% of all CPU samples) and the worker ran on
+// four threads in turn; with the raw call, sysmon woke 32 times a second,
+// the worker stayed on one thread, and rawlb spent 15-20% less CPU per
+// request (docs/performance.md). The call cannot block: the socket is
+// non-blocking, so a full send buffer is EAGAIN (sendmmsg adds
+// MSG_DONTWAIT for an O_NONBLOCK file), and the wait for room goes
+// through the netpoller like any other.
 func (s *Socket) trySend(fd uintptr) bool {
 	for {
 		r, _, errno := unix.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&s.msgs[0])), uintptr(s.txN), 0, 0, 0)
