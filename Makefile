@@ -88,7 +88,8 @@ demo:
 
 # Side-by-side benchmark on a namespace network (needs root): rawlb against
 # one backend directly, the kernel's NAT and HAProxy; see docs/performance.md.
-# BENCH_DURATION (default 10s) and BENCH_OUT (default docs/bench-latest.md).
+# BENCH_ROUNDS (default 3), BENCH_DURATION (default 10s), BENCH_CONTENDERS and
+# BENCH_OUT (default docs/bench-latest.md).
 .PHONY: bench
 bench: build
 	bash scripts/bench-deps.sh && bash scripts/bench.sh
