@@ -301,29 +301,49 @@ func (t *Table) LookupBackend(k BackendKey) *Flow {
 // should be removed first. Otherwise it fails with ErrTableFull or
 // ErrNATPortsExhausted, which it counts in Stats.
 func (t *Table) Create(k ClientKey, backend int, clientMAC [6]byte, now int64) (*Flow, error) {
-	return t.create(k, backend, clientMAC, now, 0, false)
+	return t.create(k, backend, clientMAC, now, SYN{}, false)
 }
 
-// CreateWithTimestamp is Create for a SYN that carries a TCP timestamp
-// option with value tsval. It sets the flow's TSOffset so that the
-// timestamps the backend sees on the NAT port keep rising across flows.
+// SYN is what CreateSYN needs to know of a client's SYN.
+type SYN struct {
+	Seq   uint32 // the client's initial sequence number
+	TSval uint32 // the timestamp option's TSval, if HasTS
+	HasTS bool   // the SYN carries a TCP timestamp option
+}
+
+// CreateSYN is Create for a client's SYN. It sets the flow's TSOffset and
+// SeqOffset so that the backend, which may still hold the NAT port's
+// previous connection in TIME_WAIT, accepts the new SYN.
 //
 // Why: once connections come faster than the NAT range over the backend's
 // TIME_WAIT (20,000 ports / 60 s), a NAT port goes to a new client while the
 // backend still holds the previous connection on the same 4-tuple in
-// TIME_WAIT. The backend accepts the new SYN only if its timestamp is newer
-// than the old connection's (PAWS, RFC 7323 section 5; Linux's
-// tcp_timewait_state_process), and Linux gives every connection its own
-// random timestamp offset, so an unrelated client's SYN is refused with a
-// stale ACK about half the time and the client waits a second to retry. An
-// offset that puts the SYN one tick above the port's last timestamp makes
-// the backend accept it; the engine subtracts it again from the echoes, so
-// the client sees its own values.
-func (t *Table) CreateWithTimestamp(k ClientKey, backend int, clientMAC [6]byte, now int64, tsval uint32) (*Flow, error) {
-	return t.create(k, backend, clientMAC, now, tsval, true)
+// TIME_WAIT. Linux (tcp_timewait_state_process) accepts a SYN on such a
+// 4-tuple only if its timestamp is newer than the old connection's (PAWS,
+// RFC 7323 section 5) or, without timestamps, if its sequence number is
+// beyond the old connection's last one (RFC 1122 section 4.2.2.13).
+// Linux gives every connection its own random timestamp offset and
+// initial sequence number, so an unrelated client's SYN is refused with a
+// stale ACK about half the time, and the client waits a second to retry.
+//
+// So when the SYN has a timestamp and the port's previous flow had one,
+// TSOffset puts the new TSval one above the port's last. Otherwise, when
+// the SYN's sequence number is not beyond the end of the previous flow's
+// last segment, SeqOffset puts it 2^16 beyond. The engine adds the offsets
+// toward the backend and takes them off what the backend echoes (TSecr,
+// the acknowledgment number, SACK edges), so the client sees its own values.
+func (t *Table) CreateSYN(k ClientKey, backend int, clientMAC [6]byte, now int64, syn SYN) (*Flow, error) {
+	return t.create(k, backend, clientMAC, now, syn, true)
 }
 
-func (t *Table) create(k ClientKey, backend int, clientMAC [6]byte, now int64, tsval uint32, hasTS bool) (*Flow, error) {
+// seqGap is how far beyond the end of a port's previous flow a shifted
+// initial sequence number lands: any distance in (0, 2^31) satisfies the
+// TIME_WAIT check; 2^16 clears a last window of data still in flight, as
+// Linux's own choice for a SYN it accepts in TIME_WAIT (tw_snd_nxt + 65537)
+// does.
+const seqGap = 1 << 16
+
+func (t *Table) create(k ClientKey, backend int, clientMAC [6]byte, now int64, syn SYN, known bool) (*Flow, error) {
 	if uint(backend) >= uint(len(t.backends)) {
 		return nil, fmt.Errorf("conntrack: Create toward backend %d: only %d backends are configured", backend, len(t.backends))
 	}
@@ -349,7 +369,7 @@ func (t *Table) create(k ClientKey, backend int, clientMAC [6]byte, now int64, t
 		t.nRefusedFull.Add(1)
 		return nil, ErrTableFull
 	}
-	port, lastTS, quiet, ok := t.ports[backend].get(now, t.quietNs)
+	port, last, quiet, ok := t.ports[backend].get(now, t.quietNs)
 	if !ok {
 		t.count.Add(-1)
 		s.mu.Unlock()
@@ -357,13 +377,8 @@ func (t *Table) create(k ClientKey, backend int, clientMAC [6]byte, now int64, t
 		return nil, ErrNATPortsExhausted
 	}
 	nf.NATPort = port
-	if hasTS {
-		if lastTS&tsValid != 0 {
-			if last := uint32(lastTS); int32(tsval-last) <= 0 {
-				nf.TSOffset = last - tsval + 1
-			}
-		}
-		nf.tsLast.Store(tsValid | uint64(tsval+nf.TSOffset))
+	if known {
+		nf.setOffsets(syn, last)
 	}
 	// Count the flow before publishing it: once it is in the maps, an RST seen
 	// by another worker may take it out of Live again.
@@ -466,7 +481,7 @@ func (t *Table) unlinkLocked(s *fwdShard, f *Flow) bool {
 // reply could still find the old flow.
 func (t *Table) release(f *Flow, now int64) {
 	t.unlive(f)
-	t.ports[f.Backend].put(f.NATPort, now, f.tsLast.Load())
+	t.ports[f.Backend].put(f.NATPort, now, portMemory{ts: f.tsLast.Load(), seqEnd: f.seqEnd.Load()})
 	t.count.Add(-1)
 }
 

@@ -849,7 +849,7 @@ func TestStrings(t *testing.T) {
 func TestTimestampOffsetAcrossFlows(t *testing.T) {
 	tab := newTable(t, Config{NATPortFirst: 5000, NATPortLast: 5000}) // one port: every flow reuses it
 	// A first flow: no history on the port, no offset.
-	f1, err := tab.CreateWithTimestamp(key(1), 0, mac, 0, 1_000_000)
+	f1, err := tab.CreateSYN(key(1), 0, mac, 0, SYN{TSval: 1_000_000, HasTS: true})
 	if err != nil || f1.TSOffset != 0 {
 		t.Fatalf("first flow: offset %d, %v", f1.TSOffset, err)
 	}
@@ -858,7 +858,7 @@ func TestTimestampOffsetAcrossFlows(t *testing.T) {
 
 	// An unrelated client whose clock is behind: its SYN must land one
 	// above what the backend last saw on this port.
-	f2, err := tab.CreateWithTimestamp(key(2), 0, mac, 1, 400)
+	f2, err := tab.CreateSYN(key(2), 0, mac, 1, SYN{TSval: 400, HasTS: true})
 	if err != nil || 400+f2.TSOffset != 1_000_501 {
 		t.Fatalf("second flow: offset %d puts the SYN at %d, want 1000501 (%v)", f2.TSOffset, 400+f2.TSOffset, err)
 	}
@@ -866,7 +866,7 @@ func TestTimestampOffsetAcrossFlows(t *testing.T) {
 	tab.Remove(f2)
 
 	// A client already ahead keeps its own values.
-	f3, _ := tab.CreateWithTimestamp(key(3), 0, mac, 2, 2_000_000)
+	f3, _ := tab.CreateSYN(key(3), 0, mac, 2, SYN{TSval: 2_000_000, HasTS: true})
 	if f3.TSOffset != 0 {
 		t.Fatalf("a newer SYN got offset %d", f3.TSOffset)
 	}
@@ -875,13 +875,13 @@ func TestTimestampOffsetAcrossFlows(t *testing.T) {
 
 	// Wrapping: 32-bit timestamps compare modulo 2^32 (RFC 7323), so a
 	// value just past zero is newer than one just below 2^32.
-	f4, _ := tab.CreateWithTimestamp(key(4), 0, mac, 3, 0xffff_fff0)
+	f4, _ := tab.CreateSYN(key(4), 0, mac, 3, SYN{TSval: 0xffff_fff0, HasTS: true})
 	if f4.TSOffset == 0 {
 		t.Fatal("an older (wrapped-behind) SYN got no offset")
 	}
 	f4.NoteTSval(0xffff_fff0 + f4.TSOffset)
 	tab.Remove(f4)
-	f5, _ := tab.CreateWithTimestamp(key(5), 0, mac, 4, 0xffff_fff0+f4.TSOffset+5)
+	f5, _ := tab.CreateSYN(key(5), 0, mac, 4, SYN{TSval: 0xffff_fff0 + f4.TSOffset + 5, HasTS: true})
 	if f5.TSOffset != 0 {
 		t.Fatalf("a newer SYN across the wrap got offset %d", f5.TSOffset)
 	}
@@ -890,7 +890,57 @@ func TestTimestampOffsetAcrossFlows(t *testing.T) {
 	// A flow without timestamps leaves no history: the next one is free.
 	f6, _ := tab.Create(key(6), 0, mac, 5)
 	tab.Remove(f6)
-	if f7, _ := tab.CreateWithTimestamp(key(7), 0, mac, 6, 1); f7.TSOffset != 0 {
+	if f7, _ := tab.CreateSYN(key(7), 0, mac, 6, SYN{TSval: 1, HasTS: true}); f7.TSOffset != 0 {
 		t.Fatalf("offset %d after a flow without timestamps", f7.TSOffset)
 	}
+}
+
+func TestSeqOffsetAcrossFlows(t *testing.T) {
+	tab := newTable(t, Config{NATPortFirst: 5000, NATPortLast: 5000}) // one port: every flow reuses it
+	// reuse creates a flow for SYN s on the port, checks where its SYN
+	// lands toward the backend, records end as the end of its last
+	// segments (in order) and frees the port again.
+	n := 0
+	reuse := func(s SYN, wantISN uint32, ends ...uint32) *Flow {
+		t.Helper()
+		n++
+		f, err := tab.CreateSYN(key(n), 0, mac, int64(n), s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := s.Seq + f.SeqOffset; got != wantISN {
+			t.Fatalf("flow %d: SYN %d lands at %d toward the backend, want %d", n, s.Seq, got, wantISN)
+		}
+		for _, e := range ends {
+			f.NoteSeqEnd(e)
+		}
+		tab.Remove(f)
+		return f
+	}
+	// No history on the port: no offset.
+	reuse(SYN{Seq: 1000}, 1000, 5000)
+	// An unrelated client whose ISN is behind the backend's TIME_WAIT:
+	// its SYN lands seqGap beyond the end of the old flow.
+	f := reuse(SYN{Seq: 3000}, 5000+seqGap, 5000+seqGap+100)
+	if f.SeqOffset != 5000+seqGap-3000 {
+		t.Fatalf("offset %d", f.SeqOffset)
+	}
+	// A client already beyond keeps its own numbers. Its last segment is
+	// a retransmission, which must not move the recorded end back...
+	reuse(SYN{Seq: 0x7000_0000}, 0x7000_0000, 0xd000_0000, 0xffff_fff0, 0xffff_ff00)
+	// ...so a SYN between the two is shifted, past 2^32 - 1 (modulo 2^32).
+	reuse(SYN{Seq: 0xffff_ff80}, 0xfff0, 0xfffa) // 0xffff_fff0 + seqGap mod 2^32
+	// Beyond across the wrap: unchanged.
+	reuse(SYN{Seq: 0x0001_0000}, 0x0001_0000, 0x0001_0100)
+	// A SYN with timestamps after a flow without: the backend's TIME_WAIT
+	// has no timestamp to compare, so the sequence number must do.
+	reuse(SYN{Seq: 10, TSval: 7, HasTS: true}, 0x0001_0100+seqGap, 0x0001_0100+seqGap+200)
+	// Timestamps on both flows: PAWS decides, the sequence number stays.
+	f = reuse(SYN{Seq: 150, TSval: 8, HasTS: true}, 150, 160)
+	if f.TSOffset != 0 {
+		t.Fatalf("TSOffset %d for a newer timestamp", f.TSOffset)
+	}
+	// No timestamp on a SYN after a flow with them: the sequence number
+	// must do again.
+	reuse(SYN{Seq: 150}, 160+seqGap, 170+seqGap)
 }

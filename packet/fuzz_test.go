@@ -22,6 +22,12 @@ func seedFrames(t testing.TB) [][]byte {
 	withTS.tcpOptions = append(withTS.tcpOptions, layers.TCPOption{OptionType: layers.TCPOptionKindNop}, layers.TCPOption{OptionType: layers.TCPOptionKindNop},
 		layers.TCPOption{OptionType: layers.TCPOptionKindTimestamps, OptionLength: 10, OptionData: []byte{1, 2, 3, 4, 5, 6, 7, 8}})
 	seeds = append(seeds, build(t, withTS))
+	// A backend's ACK with a SACK option at an odd offset, for AddSACK.
+	withSACK := segSpec{src: ipBackend, dst: ipLB, sport: 8090, dport: 40001, seq: 7, ack: 9, ackf: true, tcpOptions: []layers.TCPOption{
+		{OptionType: layers.TCPOptionKindNop},
+		{OptionType: layers.TCPOptionKindSACK, OptionLength: 18, OptionData: []byte{0, 0, 1, 0, 0, 0, 2, 0, 0xff, 0xff, 0xff, 0xf0, 0, 0, 0, 4}},
+		{OptionType: layers.TCPOptionKindNop}, {OptionType: layers.TCPOptionKindNop}, {OptionType: layers.TCPOptionKindNop}}}
+	seeds = append(seeds, build(t, withSACK))
 	sent := build(t, segSpec{src: ipLB, dst: ipBackend, sport: 40001, dport: 8090, seq: 1, ackf: true, payload: []byte("x")})[14:]
 	seeds = append(seeds,
 		icmpFrame(t, ipBackend, ipLB, ICMPDestUnreachable, ICMPCodeFragNeeded, 1280, sent, 28),
@@ -82,6 +88,11 @@ func FuzzRewrite(f *testing.F) {
 		ipOK := ipHeaderOK(fr.IP)
 		if fr.IsICMP() {
 			innerOK := ipHeaderOK(fr.Inner)
+			seq := binary.BigEndian.Uint32(fr.InnerTCP[4:8])
+			fr.AddInnerSeq(srcN)
+			if binary.BigEndian.Uint32(fr.InnerTCP[4:8]) != seq+srcN {
+				t.Fatal("inner sequence number does not read back")
+			}
 			fr.TranslateICMP(dst, src, src, sport, dst, dport)
 			if fr.IP.Source() != dst || fr.Inner.Source() != src || fr.InnerSourcePort() != sport || fr.InnerDestinationPort() != dport {
 				t.Fatal("translated fields do not read back")
@@ -108,6 +119,12 @@ func FuzzRewrite(f *testing.F) {
 				t.Fatal("timestamps do not read back")
 			}
 		}
+		seq, ack := fr.TCP.Seq(), fr.TCP.Ack()
+		fr.TCP.AddSeqAck(dstN, srcN, state)
+		if fr.TCP.Seq() != seq+dstN || fr.TCP.Ack() != ack+srcN {
+			t.Fatal("sequence and acknowledgment numbers do not read back")
+		}
+		fr.TCP.AddSACK(srcN^dstN, state)
 		if partial {
 			completePartial(fr.IP)
 		}

@@ -59,19 +59,8 @@ func (t TCP) AddTimestamps(off int, valDelta, ecrDelta uint32, state CsumState) 
 	if valDelta == 0 && ecrDelta == 0 {
 		return
 	}
-	start, end := (off+2)&^1, (off+10+1)&^1
-	var d delta
-	if state == CsumComplete {
-		for i := start; i < end; i += 2 {
-			d.add(binary.BigEndian.Uint16(t[i:]), 0)
-		}
-	}
+	d := t.wordsBefore(off+2, off+optTSLen, state)
 	binary.BigEndian.PutUint32(t[off+2:], t.TSval(off)+valDelta)
 	binary.BigEndian.PutUint32(t[off+6:], t.TSecr(off)+ecrDelta)
-	if state == CsumComplete {
-		for i := start; i < end; i += 2 {
-			d.add(0, binary.BigEndian.Uint16(t[i:]))
-		}
-		t.SetChecksum(d.apply(t.Checksum()))
-	}
+	t.wordsAfter(off+2, off+optTSLen, state, d)
 }

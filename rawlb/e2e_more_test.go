@@ -518,3 +518,80 @@ func TestICMPFragNeededTranslated(t *testing.T) {
 		t.Error("translated ICMP checksums do not verify")
 	}
 }
+
+// TestNATPortReuseIntoTimeWait drives connections through a small NAT
+// range so that every port is reused toward a backend that still holds the
+// previous connection on it in TIME_WAIT (backends close first here, as
+// HTTP servers do with Connection: close). Linux gives each connection its
+// own timestamp offset, so without rawlb's timestamp offset about half the
+// reused SYNs would be refused as PAWS failures and retried a second later.
+func TestNATPortReuseIntoTimeWait(t *testing.T) {
+	natPortReuse(t, true)
+}
+
+// TestNATPortReuseWithoutTimestamps is the same for a client that sends no
+// TCP timestamps (Windows' default): the backend's TIME_WAIT then accepts
+// a SYN only beyond the old connection's last sequence number, and Linux
+// picks each connection's ISN at random, so without rawlb's sequence
+// offset about half the reused SYNs would get a stale ACK.
+func TestNATPortReuseWithoutTimestamps(t *testing.T) {
+	natPortReuse(t, false)
+}
+
+func natPortReuse(t *testing.T, timestamps bool) {
+	s := start(t, "-nat-ports", "40000-40999", "-closing-timeout", "100ms")
+	if !timestamps {
+		s.lab.Client.Run(t, "sh", "-c", "echo 0 > /proc/sys/net/ipv4/tcp_timestamps")
+	}
+	const conns, workers = 6000, 4
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	for g := 0; g < workers; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < conns/workers; i++ {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				c, err := s.lab.Client.Dial(ctx, "tcp", s.vip)
+				cancel()
+				if err != nil {
+					errs <- err
+					return
+				}
+				_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+				if _, err := netlab.Hello(c); err != nil {
+					errs <- err
+					c.Close()
+					return
+				}
+				_, _, err = netlab.Get(c, 0) // the backend closes first: TIME_WAIT is on its side
+				c.Close()
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if n := s.metric(t, "rawlb_nat_port_quiet_reused_total"); n < 1000 {
+		t.Fatalf("only %v NAT ports reused within their quiet time: the test did not exercise reuse", n)
+	}
+	var paws, tw int64
+	for _, h := range s.lab.Backends {
+		snmp := h.Snmp(t)
+		paws += snmp["TcpExt.PAWSTimewait"]
+		tw += snmp["TcpExt.TW"]
+	}
+	if tw < 1000 {
+		t.Fatalf("the backends entered TIME_WAIT only %d times: the test did not exercise it", tw)
+	}
+	retrans := s.lab.Client.Snmp(t)["TcpExt.TCPSynRetrans"]
+	if paws != 0 || retrans != 0 {
+		t.Fatalf("backends refused %d reused-port SYNs as PAWS failures; the client retransmitted %d SYNs", paws, retrans)
+	}
+}

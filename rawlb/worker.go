@@ -163,6 +163,8 @@ func (w *worker) fromClient(p *ring.Packet, f *packet.Frame, state packet.CsumSt
 		f.TCP.AddTimestamps(ts, fl.TSOffset, 0, state)
 		fl.NoteTSval(f.TCP.TSval(ts))
 	}
+	f.TCP.AddSeqAck(fl.SeqOffset, 0, state)
+	fl.NoteSeqEnd(f.TCP.SeqEnd())
 	w.emit(p, f, *mac, dirToBackend)
 }
 
@@ -176,13 +178,11 @@ func (w *worker) newFlow(key conntrack.ClientKey, f *packet.Frame, ts int, now i
 		w.reset(f)
 		return nil
 	}
-	var fl *conntrack.Flow
-	var err error
+	syn := conntrack.SYN{Seq: f.TCP.Seq()}
 	if ts >= 0 {
-		fl, err = dp.table.CreateWithTimestamp(key, b, f.Eth.Source(), now, f.TCP.TSval(ts))
-	} else {
-		fl, err = dp.table.Create(key, b, f.Eth.Source(), now)
+		syn.TSval, syn.HasTS = f.TCP.TSval(ts), true
 	}
+	fl, err := dp.table.CreateSYN(key, b, f.Eth.Source(), now, syn)
 	if err != nil {
 		if errors.Is(err, conntrack.ErrTableFull) {
 			w.drop(dropTableFull)
@@ -218,6 +218,12 @@ func (w *worker) fromBackend(p *ring.Packet, f *packet.Frame, state packet.CsumS
 			f.TCP.AddTimestamps(ts, 0, -fl.TSOffset, state)
 		}
 	}
+	if fl.SeqOffset != 0 {
+		// The backend acknowledges (and selectively acknowledges) the
+		// client's bytes in the shifted numbering.
+		f.TCP.AddSeqAck(0, -fl.SeqOffset, state)
+		f.TCP.AddSACK(-fl.SeqOffset, state)
+	}
 	w.emit(p, f, fl.ClientMAC, dirToClient)
 }
 
@@ -242,6 +248,7 @@ func (w *worker) handleICMP(p *ring.Packet, f *packet.Frame) {
 			return
 		}
 		c, v := fl.Key.Client, fl.Key.VIP
+		f.AddInnerSeq(-fl.SeqOffset) // the quote carries the shifted number
 		f.TranslateICMP(dp.srcIP, c.IP, c.IP, c.Port, v.IP, v.Port)
 		w.stats.icmp[dirToClient].Add(1)
 		w.emit(p, f, fl.ClientMAC, dirToClient)

@@ -297,3 +297,83 @@ func TestWorkerKeepsTimestampsRisingOnReusedPort(t *testing.T) {
 		t.Fatalf("toward the backend: TSval %d TSecr %d, want 5011 999", val, ecr)
 	}
 }
+
+// segmentSeq builds a vnet header + frame with the given sequence and
+// acknowledgment numbers, payload and TCP options, and no timestamps.
+func segmentSeq(t testing.TB, src [4]byte, sport uint16, dst [4]byte, dport uint16, flags uint8, seq, ack uint32, payload []byte, opts ...layers.TCPOption) []byte {
+	t.Helper()
+	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolTCP, SrcIP: net.IP(src[:]), DstIP: net.IP(dst[:])}
+	tcp := &layers.TCP{SrcPort: layers.TCPPort(sport), DstPort: layers.TCPPort(dport), Seq: seq, Ack: ack, Window: 1000,
+		SYN: flags&packet.FlagSYN != 0, ACK: flags&packet.FlagACK != 0, Options: opts}
+	_ = tcp.SetNetworkLayerForChecksum(ip)
+	eth := &layers.Ethernet{SrcMAC: tCliMAC[:], DstMAC: tOurMAC[:], EthernetType: layers.EthernetTypeIPv4}
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, eth, ip, tcp, gopacket.Payload(payload)); err != nil {
+		t.Fatal(err)
+	}
+	return append(make([]byte, ring.VNetHdrLen), buf.Bytes()...)
+}
+
+func TestWorkerShiftsSequenceNumbersOnReusedPort(t *testing.T) {
+	table, err := conntrack.New(conntrack.Config{Backends: tBackends[:1], NATPortFirst: 40000, NATPortLast: 40000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := testWorker(t, func(int) bool { return true })
+	w.dp.table = table
+	w.dp.sched = &scheduler{algo: RoundRobin, n: 1, usable: func(int) bool { return true }, live: table.Live}
+	// seqAck forwards one segment and returns what left, checksums checked.
+	seqAck := func(frame []byte, now int64) *layers.TCP {
+		t.Helper()
+		w.pkts[0] = pkt(frame)
+		w.handleBatch(1, now)
+		_, _, tcp, raw := sent(t, w, 0)
+		if !verifies(raw) {
+			t.Fatal("checksums do not verify after the sequence number rewrite")
+		}
+		return tcp
+	}
+	be := tBackends[0].IP
+
+	// Flow 1, without timestamps, leaves the backend's TIME_WAIT on NAT
+	// port 40000 expecting sequence numbers after 1501.
+	if tcp := seqAck(segmentSeq(t, tClient, 51000, tSrcIP, 20000, packet.FlagSYN, 1000, 0, nil), 1); tcp.Seq != 1000 {
+		t.Fatalf("first flow's SYN changed to seq %d", tcp.Seq)
+	}
+	seqAck(segmentSeq(t, tClient, 51000, tSrcIP, 20000, packet.FlagACK, 1001, 1, make([]byte, 500)), 2)
+	table.Remove(table.LookupClient(conntrack.ClientKey{Client: conntrack.Endpoint{IP: tClient, Port: 51000}, VIP: conntrack.Endpoint{IP: tSrcIP, Port: 20000}}))
+
+	// Flow 2 gets the same port with an ISN behind that: the backend must
+	// see its SYN 2^16 beyond the old end.
+	const isn, shifted = 10, 1501 + 1<<16
+	if tcp := seqAck(segmentSeq(t, tClient, 52000, tSrcIP, 20000, packet.FlagSYN, isn, 0, nil), 3); tcp.Seq != shifted || tcp.SrcPort != 40000 {
+		t.Fatalf("reused port %d: SYN seq %d toward the backend, want %d on 40000", tcp.SrcPort, tcp.Seq, shifted)
+	}
+	// The SYN-ACK acknowledges the shifted number; the client must see its own.
+	if tcp := seqAck(segmentSeq(t, be, 8090, tSrcIP, 40000, packet.FlagSYN|packet.FlagACK, 9000, shifted+1, nil), 4); tcp.Ack != isn+1 || tcp.Seq != 9000 {
+		t.Fatalf("SYN-ACK to the client: seq %d ack %d, want 9000 %d", tcp.Seq, tcp.Ack, isn+1)
+	}
+	// Client data goes out shifted...
+	if tcp := seqAck(segmentSeq(t, tClient, 52000, tSrcIP, 20000, packet.FlagACK, isn+1, 9001, []byte("data")), 5); tcp.Seq != shifted+1 || tcp.Ack != 9001 {
+		t.Fatalf("data toward the backend: seq %d ack %d, want %d 9001", tcp.Seq, tcp.Ack, shifted+1)
+	}
+	// ...and the backend's SACK blocks come back in the client's numbering.
+	sack := make([]byte, 8)
+	binary.BigEndian.PutUint32(sack, shifted+101)
+	binary.BigEndian.PutUint32(sack[4:], shifted+201)
+	nop := layers.TCPOption{OptionType: layers.TCPOptionKindNop}
+	tcp := seqAck(segmentSeq(t, be, 8090, tSrcIP, 40000, packet.FlagACK, 9001, shifted+1, nil,
+		nop, nop, layers.TCPOption{OptionType: layers.TCPOptionKindSACK, OptionLength: 10, OptionData: sack}), 6)
+	if tcp.Ack != isn+1 {
+		t.Fatalf("ACK to the client: ack %d, want %d", tcp.Ack, isn+1)
+	}
+	var edges []uint32
+	for _, o := range tcp.Options {
+		if o.OptionType == layers.TCPOptionKindSACK {
+			edges = append(edges, binary.BigEndian.Uint32(o.OptionData), binary.BigEndian.Uint32(o.OptionData[4:]))
+		}
+	}
+	if len(edges) != 2 || edges[0] != isn+101 || edges[1] != isn+201 {
+		t.Fatalf("SACK edges to the client %v, want [%d %d]", edges, isn+101, isn+201)
+	}
+}
