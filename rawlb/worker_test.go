@@ -47,9 +47,15 @@ func testWorker(t testing.TB, healthy func(int) bool) *worker {
 // segment builds a vnet header + frame from src to dst.
 func segment(t testing.TB, src [4]byte, sport uint16, dst [4]byte, dport uint16, flags uint8, payload []byte) []byte {
 	t.Helper()
+	return tcpFrame(t, src, dst, &layers.TCP{SrcPort: layers.TCPPort(sport), DstPort: layers.TCPPort(dport), Seq: 100, Ack: 200, Window: 1000,
+		SYN: flags&packet.FlagSYN != 0, ACK: flags&packet.FlagACK != 0, FIN: flags&packet.FlagFIN != 0, RST: flags&packet.FlagRST != 0}, payload)
+}
+
+// tcpFrame serializes tcp from src to dst, with the client's MAC as the
+// source, behind a zero virtio-net header.
+func tcpFrame(t testing.TB, src, dst [4]byte, tcp *layers.TCP, payload []byte) []byte {
+	t.Helper()
 	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolTCP, SrcIP: net.IP(src[:]), DstIP: net.IP(dst[:])}
-	tcp := &layers.TCP{SrcPort: layers.TCPPort(sport), DstPort: layers.TCPPort(dport), Seq: 100, Ack: 200, Window: 1000,
-		SYN: flags&packet.FlagSYN != 0, ACK: flags&packet.FlagACK != 0, FIN: flags&packet.FlagFIN != 0, RST: flags&packet.FlagRST != 0}
 	_ = tcp.SetNetworkLayerForChecksum(ip)
 	eth := &layers.Ethernet{SrcMAC: tCliMAC[:], DstMAC: tOurMAC[:], EthernetType: layers.EthernetTypeIPv4}
 	buf := gopacket.NewSerializeBuffer()
@@ -224,21 +230,13 @@ func BenchmarkEstablishedPacket(b *testing.B) {
 // segmentTS is segment with a NOP NOP TS option.
 func segmentTS(t testing.TB, src [4]byte, sport uint16, dst [4]byte, dport uint16, flags uint8, tsval, tsecr uint32) []byte {
 	t.Helper()
-	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolTCP, SrcIP: net.IP(src[:]), DstIP: net.IP(dst[:])}
 	opt := make([]byte, 8)
 	binary.BigEndian.PutUint32(opt, tsval)
 	binary.BigEndian.PutUint32(opt[4:], tsecr)
-	tcp := &layers.TCP{SrcPort: layers.TCPPort(sport), DstPort: layers.TCPPort(dport), Seq: 100, Ack: 200, Window: 1000,
+	return tcpFrame(t, src, dst, &layers.TCP{SrcPort: layers.TCPPort(sport), DstPort: layers.TCPPort(dport), Seq: 100, Ack: 200, Window: 1000,
 		SYN: flags&packet.FlagSYN != 0, ACK: flags&packet.FlagACK != 0,
 		Options: []layers.TCPOption{{OptionType: layers.TCPOptionKindNop}, {OptionType: layers.TCPOptionKindNop},
-			{OptionType: layers.TCPOptionKindTimestamps, OptionLength: 10, OptionData: opt}}}
-	_ = tcp.SetNetworkLayerForChecksum(ip)
-	eth := &layers.Ethernet{SrcMAC: tCliMAC[:], DstMAC: tOurMAC[:], EthernetType: layers.EthernetTypeIPv4}
-	buf := gopacket.NewSerializeBuffer()
-	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, eth, ip, tcp); err != nil {
-		t.Fatal(err)
-	}
-	return append(make([]byte, ring.VNetHdrLen), buf.Bytes()...)
+			{OptionType: layers.TCPOptionKindTimestamps, OptionLength: 10, OptionData: opt}}}, nil)
 }
 
 // tsOf returns TSval and TSecr of the queued frame i.
@@ -257,7 +255,10 @@ func tsOf(t *testing.T, w *worker, i int) (uint32, uint32, uint16) {
 	return 0, 0, 0
 }
 
-func TestWorkerKeepsTimestampsRisingOnReusedPort(t *testing.T) {
+// oneNATPortWorker is a worker for one backend with one NAT port, 40000,
+// so that every flow reuses it.
+func oneNATPortWorker(t *testing.T) (*worker, *conntrack.Table) {
+	t.Helper()
 	table, err := conntrack.New(conntrack.Config{Backends: tBackends[:1], NATPortFirst: 40000, NATPortLast: 40000})
 	if err != nil {
 		t.Fatal(err)
@@ -265,6 +266,11 @@ func TestWorkerKeepsTimestampsRisingOnReusedPort(t *testing.T) {
 	w := testWorker(t, func(int) bool { return true })
 	w.dp.table = table
 	w.dp.sched = &scheduler{algo: RoundRobin, n: 1, usable: func(int) bool { return true }, live: table.Live}
+	return w, table
+}
+
+func TestWorkerKeepsTimestampsRisingOnReusedPort(t *testing.T) {
+	w, table := oneNATPortWorker(t)
 
 	// Flow 1 ends with TSval 5000 seen by the backend on NAT port 40000.
 	w.pkts[0] = pkt(segmentTS(t, tClient, 51000, tSrcIP, 20000, packet.FlagSYN, 4000, 0))
@@ -302,26 +308,12 @@ func TestWorkerKeepsTimestampsRisingOnReusedPort(t *testing.T) {
 // acknowledgment numbers, payload and TCP options, and no timestamps.
 func segmentSeq(t testing.TB, src [4]byte, sport uint16, dst [4]byte, dport uint16, flags uint8, seq, ack uint32, payload []byte, opts ...layers.TCPOption) []byte {
 	t.Helper()
-	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolTCP, SrcIP: net.IP(src[:]), DstIP: net.IP(dst[:])}
-	tcp := &layers.TCP{SrcPort: layers.TCPPort(sport), DstPort: layers.TCPPort(dport), Seq: seq, Ack: ack, Window: 1000,
-		SYN: flags&packet.FlagSYN != 0, ACK: flags&packet.FlagACK != 0, Options: opts}
-	_ = tcp.SetNetworkLayerForChecksum(ip)
-	eth := &layers.Ethernet{SrcMAC: tCliMAC[:], DstMAC: tOurMAC[:], EthernetType: layers.EthernetTypeIPv4}
-	buf := gopacket.NewSerializeBuffer()
-	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, eth, ip, tcp, gopacket.Payload(payload)); err != nil {
-		t.Fatal(err)
-	}
-	return append(make([]byte, ring.VNetHdrLen), buf.Bytes()...)
+	return tcpFrame(t, src, dst, &layers.TCP{SrcPort: layers.TCPPort(sport), DstPort: layers.TCPPort(dport), Seq: seq, Ack: ack, Window: 1000,
+		SYN: flags&packet.FlagSYN != 0, ACK: flags&packet.FlagACK != 0, Options: opts}, payload)
 }
 
 func TestWorkerShiftsSequenceNumbersOnReusedPort(t *testing.T) {
-	table, err := conntrack.New(conntrack.Config{Backends: tBackends[:1], NATPortFirst: 40000, NATPortLast: 40000})
-	if err != nil {
-		t.Fatal(err)
-	}
-	w := testWorker(t, func(int) bool { return true })
-	w.dp.table = table
-	w.dp.sched = &scheduler{algo: RoundRobin, n: 1, usable: func(int) bool { return true }, live: table.Live}
+	w, table := oneNATPortWorker(t)
 	// seqAck forwards one segment and returns what left, checksums checked.
 	seqAck := func(frame []byte, now int64) *layers.TCP {
 		t.Helper()
