@@ -321,25 +321,30 @@ func defaultWorkers(cpus int) int {
 }
 
 // housekeeping expires flows, refreshes next-hop MACs and collects the
-// rings' drop counts, off the per-packet path.
+// rings' drop counts, off the per-packet path. Only the sweep follows the
+// adaptive interval; the neighbour lookups and ring counters need no more
+// than one pass a second.
 func (b *Balancer) housekeeping(ctx context.Context, nb *neighbors, socks []*ring.Socket) {
-	t := time.NewTimer(minSweepEvery)
-	defer t.Stop()
+	sweep := time.NewTimer(minSweepEvery)
+	defer sweep.Stop()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
-		}
-		start := time.Now()
-		if n := b.table.Sweep(b.table.Now()); n > 0 && b.dp.debug {
-			b.log.Debug("flows expired", "count", n)
-		}
-		t.Reset(nextSweep(time.Since(start)))
-		nb.refresh()
-		for _, s := range socks {
-			if _, drops, err := s.Stats(); err == nil && drops > 0 {
-				b.ringDrops.Add(uint64(drops))
+		case <-sweep.C:
+			start := time.Now()
+			if n := b.table.Sweep(b.table.Now()); n > 0 && b.dp.debug {
+				b.log.Debug("flows expired", "count", n)
+			}
+			sweep.Reset(nextSweep(time.Since(start)))
+		case <-tick.C:
+			nb.refresh()
+			for _, s := range socks {
+				if _, drops, err := s.Stats(); err == nil && drops > 0 {
+					b.ringDrops.Add(uint64(drops))
+				}
 			}
 		}
 	}
