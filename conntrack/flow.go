@@ -121,24 +121,21 @@ type Flow struct {
 	SeqOffset uint32
 
 	word     atomic.Uint32    // state | fin bits | liveBit
-	tsLast   atomic.Uint64    // tsValid | the last TSval sent to the backend, after TSOffset
-	seqEnd   atomic.Uint64    // seqValid | the furthest SeqEnd sent to the backend, after SeqOffset
+	tsLast   atomic.Uint64    // recorded | the last TSval sent to the backend, after TSOffset
+	seqEnd   atomic.Uint64    // recorded | the furthest SeqEnd sent to the backend, after SeqOffset
 	lastSeen atomic.Int64     // Clock value of the last packet (or of Create)
 	packets  [2]atomic.Uint64 // indexed by Direction
 	bytes    [2]atomic.Uint64 // indexed by Direction
 }
 
-// tsValid and seqValid mark a recorded TSval or sequence number: 0 means
-// none was seen.
-const (
-	tsValid  = 1 << 32
-	seqValid = 1 << 32
-)
+// recorded marks a recorded 32-bit value (a TSval, a sequence number) in
+// the 64-bit word that holds it: 0 means none was seen.
+const recorded = 1 << 32
 
 // NoteTSval records the timestamp value last sent toward the backend (after
 // TSOffset). When the flow ends, its NAT port keeps it, so that the next
 // flow on the same port continues above it.
-func (f *Flow) NoteTSval(v uint32) { f.tsLast.Store(tsValid | uint64(v)) }
+func (f *Flow) NoteTSval(v uint32) { f.tsLast.Store(recorded | uint64(v)) }
 
 // NoteSeqEnd records the end of a segment sent toward the backend (its
 // packet.TCP.SeqEnd, after SeqOffset), if it is beyond the furthest one so
@@ -148,29 +145,29 @@ func (f *Flow) NoteTSval(v uint32) { f.tsLast.Store(tsValid | uint64(v)) }
 // hashes each direction of a flow to one worker), so the load and store
 // need not be one atomic step.
 func (f *Flow) NoteSeqEnd(end uint32) {
-	if old := f.seqEnd.Load(); old&seqValid == 0 || int32(end-uint32(old)) > 0 {
-		f.seqEnd.Store(seqValid | uint64(end))
+	if old := f.seqEnd.Load(); old&recorded == 0 || int32(end-uint32(old)) > 0 {
+		f.seqEnd.Store(recorded | uint64(end))
 	}
 }
 
 // setOffsets chooses the flow's TSOffset and SeqOffset for its SYN, given
 // what the NAT port's previous flow left (see Table.CreateSYN).
 func (f *Flow) setOffsets(syn SYN, last portMemory) {
-	tsCovers := syn.HasTS && last.ts&tsValid != 0
+	tsCovers := syn.HasTS && last.ts&recorded != 0
 	if tsCovers {
 		if prev := uint32(last.ts); int32(syn.TSval-prev) <= 0 {
 			f.TSOffset = prev - syn.TSval + 1
 		}
 	}
 	if syn.HasTS {
-		f.tsLast.Store(tsValid | uint64(syn.TSval+f.TSOffset))
+		f.tsLast.Store(recorded | uint64(syn.TSval+f.TSOffset))
 	}
-	if !tsCovers && last.seqEnd&seqValid != 0 {
+	if !tsCovers && last.seqEnd&recorded != 0 {
 		if prev := uint32(last.seqEnd); int32(syn.Seq-prev) <= 0 {
 			f.SeqOffset = prev + seqGap - syn.Seq
 		}
 	}
-	f.seqEnd.Store(seqValid | uint64(syn.Seq+f.SeqOffset+1))
+	f.seqEnd.Store(recorded | uint64(syn.Seq+f.SeqOffset+1))
 }
 
 // State returns the flow's current state.

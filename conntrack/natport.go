@@ -50,8 +50,8 @@ func newNATPorts(first, last uint16) *natPorts {
 
 // portMemory is what a flow leaves behind on its NAT port for the next one.
 type portMemory struct {
-	ts     uint64 // tsValid | the last TSval sent to the backend, or 0
-	seqEnd uint64 // seqValid | the end of the last segment sent to the backend, or 0
+	ts     uint64 // recorded | the last TSval sent to the backend, or 0
+	seqEnd uint64 // recorded | the end of the last segment sent to the backend, or 0
 }
 
 // get pops the least recently freed port. quiet reports that the port was

@@ -106,16 +106,16 @@ func (t TCP) wordsAfter(from, to int, state CsumState, d delta) {
 // quote reaches it. Call it before TranslateICMP, which sums the ICMP
 // checksum afresh over the changed quote.
 func (f *Frame) AddInnerSeq(by uint32) {
-	tcp := f.InnerTCP
+	tcp := TCP(f.InnerTCP)
 	if by == 0 || len(tcp) < 8 {
 		return
 	}
-	var d delta
-	old := binary.BigEndian.Uint32(tcp[4:8])
-	binary.BigEndian.PutUint32(tcp[4:8], old+by)
+	// A quote too short to hold the checksum has none to keep valid.
+	state := CsumPartial
 	if len(tcp) >= 18 {
-		d.add(uint16(old>>16), binary.BigEndian.Uint16(tcp[4:6]))
-		d.add(uint16(old), binary.BigEndian.Uint16(tcp[6:8]))
-		binary.BigEndian.PutUint16(tcp[16:18], d.apply(binary.BigEndian.Uint16(tcp[16:18])))
+		state = CsumComplete
 	}
+	d := tcp.wordsBefore(4, 8, state)
+	binary.BigEndian.PutUint32(tcp[4:8], tcp.Seq()+by)
+	tcp.wordsAfter(4, 8, state, d)
 }
