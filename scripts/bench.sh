@@ -578,6 +578,22 @@ median_round() {
 	done | awk '$2 ~ /^[0-9.]+$/' | sort -k2,2n | awk '{ r[NR] = $1 } END { print (NR ? r[int((NR + 1) / 2)] : 1) }'
 }
 
+# sum_rounds NAME KEY: NAME[KEY/r] over every round r, each a count or
+# counts joined by "/", summed field by field; n/a if a round has none.
+sum_rounds() {
+	local -n counts=$1
+	local r
+	for r in $(seq 1 "$ROUNDS"); do
+		echo "${counts[$2/$r]:-x}"
+	done | awk -F/ '
+		{ n = NF; for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+$/) s[i] += $i; else bad = 1 }
+		END {
+			if (bad) { print "n/a"; exit }
+			for (i = 1; i <= n; i++) printf "%s%d", (i > 1 ? "/" : ""), s[i]
+			print ""
+		}'
+}
+
 # summarize: for each contender and load, the median round's figures under
 # C/LOAD, and over all rounds the sums of socket errors, non-2xx answers
 # and retransmissions (a target of zero holds only if it held in every
@@ -591,13 +607,9 @@ summarize() {
 			RPS[$k]=${RPS[$k/$m]:-} MBS[$k]=${MBS[$k/$m]:-} P99[$k]=${P99[$k/$m]:-}
 			LBCPU[$k]=${LBCPU[$k/$m]:-} HOSTCPU[$k]=${HOSTCPU[$k/$m]:-} OTHERCPU[$k]=${OTHERCPU[$k/$m]:-}
 			BYROUND[$k]=$(for r in $(seq 1 "$ROUNDS"); do v=$(primary "$load" "$k/$r"); echo "${v:-n/a}"; done | paste -sd/ -)
-			SOCKERR[$k]=$(for r in $(seq 1 "$ROUNDS"); do echo "${SOCKERR[$k/$r]:-x/x/x/x}"; done |
-				awk -F/ '{ for (i = 1; i <= 4; i++) if ($i ~ /^[0-9]+$/) s[i] += $i; else bad = 1 }
-					END { print (bad ? "n/a" : s[1] "/" s[2] "/" s[3] "/" s[4]) }')
-			NON2XX[$k]=$(for r in $(seq 1 "$ROUNDS"); do echo "${NON2XX[$k/$r]:-x}"; done |
-				awk '$1 ~ /^[0-9]+$/ { s += $1; next } { bad = 1 } END { print (bad ? "n/a" : s) }')
-			RETRANS[$k]=$(for r in $(seq 1 "$ROUNDS"); do echo "${RETRANS[$k/$r]:-x/x}"; done |
-				awk -F/ '$1 ~ /^[0-9]+$/ && $2 ~ /^[0-9]+$/ { a += $1; b += $2; next } { bad = 1 } END { print (bad ? "n/a" : a "/" b) }')
+			SOCKERR[$k]=$(sum_rounds SOCKERR "$k")
+			NON2XX[$k]=$(sum_rounds NON2XX "$k")
+			RETRANS[$k]=$(sum_rounds RETRANS "$k")
 		done
 	done
 	for load in "${LOADS[@]}"; do
