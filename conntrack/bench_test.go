@@ -26,7 +26,7 @@ func manyBackends(n int) []Endpoint {
 func fill(tb testing.TB, tab *Table, from, to int, now int64) {
 	tb.Helper()
 	for i := from; i < to; i++ {
-		if _, err := tab.Create(key(i), i%len(tab.backends), mac, now); err != nil {
+		if _, err := tab.Create(key(i), i%len(tab.backends), mac, now, SYN{}); err != nil {
 			tb.Fatalf("Create %d: %v", i, err)
 		}
 	}
@@ -132,7 +132,7 @@ func BenchmarkCreate(b *testing.B) {
 			tab, i = newTable(b, cfg), 0
 			b.StartTimer()
 		}
-		if _, err := tab.Create(key(i), i&63, mac, 0); err != nil {
+		if _, err := tab.Create(key(i), i&63, mac, 0, SYN{}); err != nil {
 			b.Fatal(err)
 		}
 		i++
@@ -146,7 +146,7 @@ func BenchmarkCreateRemove(b *testing.B) {
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {
-		f, err := tab.Create(key(100_000+i), i&63, mac, 0)
+		f, err := tab.Create(key(100_000+i), i&63, mac, 0, SYN{})
 		if err != nil {
 			b.Fatal(err)
 		}

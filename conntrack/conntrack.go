@@ -290,52 +290,6 @@ func (t *Table) LookupBackend(k BackendKey) *Flow {
 	return f
 }
 
-// Create inserts a flow in StateSynSent toward backend index backend,
-// allocating a NAT port unique among the live flows toward that backend, and
-// counts it in Live(backend). now becomes its LastSeen and is the time the
-// NAT port's quiet period is measured against.
-//
-// If a flow with key k exists already (two workers raced on the same SYN, or
-// a retransmitted SYN), Create returns that flow and a nil error, whatever its
-// backend and state: the engine decides whether a Closing or Closed flow
-// should be removed first. Otherwise it fails with ErrTableFull or
-// ErrNATPortsExhausted, which it counts in Stats.
-func (t *Table) Create(k ClientKey, backend int, clientMAC [6]byte, now int64) (*Flow, error) {
-	return t.create(k, backend, clientMAC, now, SYN{}, false)
-}
-
-// SYN is what CreateSYN needs to know of a client's SYN.
-type SYN struct {
-	Seq   uint32 // the client's initial sequence number
-	TSval uint32 // the timestamp option's TSval, if HasTS
-	HasTS bool   // the SYN carries a TCP timestamp option
-}
-
-// CreateSYN is Create for a client's SYN. It sets the flow's TSOffset and
-// SeqOffset so that the backend, which may still hold the NAT port's
-// previous connection in TIME_WAIT, accepts the new SYN.
-//
-// Why: once connections come faster than the NAT range over the backend's
-// TIME_WAIT (20,000 ports / 60 s), a NAT port goes to a new client while the
-// backend still holds the previous connection on the same 4-tuple in
-// TIME_WAIT. Linux (tcp_timewait_state_process) accepts a SYN on such a
-// 4-tuple only if its timestamp is newer than the old connection's (PAWS,
-// RFC 7323 section 5) or, without timestamps, if its sequence number is
-// beyond the old connection's last one (RFC 1122 section 4.2.2.13).
-// Linux gives every connection its own random timestamp offset and
-// initial sequence number, so an unrelated client's SYN is refused with a
-// stale ACK about half the time, and the client waits a second to retry.
-//
-// So when the SYN has a timestamp and the port's previous flow had one,
-// TSOffset puts the new TSval one above the port's last. Otherwise, when
-// the SYN's sequence number is not beyond the end of the previous flow's
-// last segment, SeqOffset puts it 2^16 beyond. The engine adds the offsets
-// toward the backend and takes them off what the backend echoes (TSecr,
-// the acknowledgment number, SACK edges), so the client sees its own values.
-func (t *Table) CreateSYN(k ClientKey, backend int, clientMAC [6]byte, now int64, syn SYN) (*Flow, error) {
-	return t.create(k, backend, clientMAC, now, syn, true)
-}
-
 // seqGap is how far beyond the end of a port's previous flow a shifted
 // initial sequence number lands: any distance in (0, 2^31) satisfies the
 // TIME_WAIT check; 2^16 clears a last window of data still in flight, as
@@ -343,7 +297,44 @@ func (t *Table) CreateSYN(k ClientKey, backend int, clientMAC [6]byte, now int64
 // does.
 const seqGap = 1 << 16
 
-func (t *Table) create(k ClientKey, backend int, clientMAC [6]byte, now int64, syn SYN, known bool) (*Flow, error) {
+// SYN is what Create needs to know of the client's SYN.
+type SYN struct {
+	Seq   uint32 // the client's initial sequence number
+	TSval uint32 // the timestamp option's TSval, if HasTS
+	HasTS bool   // the SYN carries a TCP timestamp option
+}
+
+// Create inserts a flow in StateSynSent for the client's SYN toward backend
+// index backend, allocating a NAT port unique among the live flows toward
+// that backend, and counts it in Live(backend). now becomes its LastSeen and
+// is the time the NAT port's quiet period is measured against.
+//
+// If a flow with key k exists already (two workers raced on the same SYN, or
+// a retransmitted SYN), Create returns that flow and a nil error, whatever its
+// backend and state: the engine decides whether a Closing or Closed flow
+// should be removed first. Otherwise it fails with ErrTableFull or
+// ErrNATPortsExhausted, which it counts in Stats.
+//
+// Create sets the flow's TSOffset and SeqOffset so that the backend, which
+// may still hold the NAT port's previous connection in TIME_WAIT, accepts
+// the new SYN. Why: once connections come faster than the NAT range over
+// the backend's TIME_WAIT (20,000 ports / 60 s), a NAT port goes to a new
+// client while the backend still holds the previous connection on the same
+// 4-tuple in TIME_WAIT. Linux (tcp_timewait_state_process) accepts a SYN on
+// such a 4-tuple only if its timestamp is newer than the old connection's
+// (PAWS, RFC 7323 section 5) or, without timestamps, if its sequence number
+// is beyond the old connection's last one (RFC 1122 section 4.2.2.13).
+// Linux gives every connection its own random timestamp offset and initial
+// sequence number, so an unrelated client's SYN is refused with a stale ACK
+// about half the time, and the client waits a second to retry.
+//
+// So when the SYN has a timestamp and the port's previous flow had one,
+// TSOffset puts the new TSval one above the port's last. Otherwise, when
+// the SYN's sequence number is not beyond the end of the previous flow's
+// last segment, SeqOffset puts it 2^16 beyond. The engine adds the offsets
+// toward the backend and takes them off what the backend echoes (TSecr,
+// the acknowledgment number, SACK edges), so the client sees its own values.
+func (t *Table) Create(k ClientKey, backend int, clientMAC [6]byte, now int64, syn SYN) (*Flow, error) {
 	if uint(backend) >= uint(len(t.backends)) {
 		return nil, fmt.Errorf("conntrack: Create toward backend %d: only %d backends are configured", backend, len(t.backends))
 	}
@@ -377,9 +368,7 @@ func (t *Table) create(k ClientKey, backend int, clientMAC [6]byte, now int64, s
 		return nil, ErrNATPortsExhausted
 	}
 	nf.NATPort = port
-	if known {
-		nf.setOffsets(syn, last)
-	}
+	nf.setOffsets(syn, last)
 	// Count the flow before publishing it: once it is in the maps, an RST seen
 	// by another worker may take it out of Live again.
 	t.live[backend].n.Add(1)

@@ -47,7 +47,7 @@ func newTable(t testing.TB, cfg Config) *Table {
 
 func mustCreate(t testing.TB, tab *Table, k ClientKey, backend int, now int64) *Flow {
 	t.Helper()
-	f, err := tab.Create(k, backend, mac, now)
+	f, err := tab.Create(k, backend, mac, now, SYN{})
 	if err != nil {
 		t.Fatalf("Create(%v, %d): %v", k, backend, err)
 	}
@@ -316,7 +316,7 @@ func TestCreateRace(t *testing.T) {
 	got := make([]*Flow, workers)
 	for w := range workers {
 		wg.Go(func() {
-			f, err := tab.Create(key(9), w%2, mac, 0)
+			f, err := tab.Create(key(9), w%2, mac, 0, SYN{})
 			if err != nil {
 				t.Error(err)
 			}
@@ -338,7 +338,7 @@ func TestCreateRace(t *testing.T) {
 func TestCreateBadBackend(t *testing.T) {
 	tab := newTable(t, Config{})
 	for _, b := range []int{-1, 2} {
-		if f, err := tab.Create(key(1), b, mac, 0); err == nil || f != nil {
+		if f, err := tab.Create(key(1), b, mac, 0, SYN{}); err == nil || f != nil {
 			t.Errorf("Create toward backend %d = %v, %v; want an error", b, f, err)
 		}
 	}
@@ -492,7 +492,7 @@ func TestConcurrentStress(t *testing.T) {
 				f := tab.LookupClient(k)
 				switch {
 				case f == nil:
-					f, err := tab.Create(k, []int{0, 0, 1, 2}[(i+w)%4], mac, now) // skewed, so backend 0 runs out of ports
+					f, err := tab.Create(k, []int{0, 0, 1, 2}[(i+w)%4], mac, now, SYN{}) // skewed, so backend 0 runs out of ports
 					if err != nil && !errors.Is(err, ErrTableFull) && !errors.Is(err, ErrNATPortsExhausted) {
 						t.Error(err)
 					}
@@ -548,7 +548,7 @@ func TestNATPortsExhausted(t *testing.T) {
 	a := mustCreate(t, tab, key(1), 0, 0)
 	mustCreate(t, tab, key(2), 0, 0)
 	for i := range 2 {
-		f, err := tab.Create(key(3), 0, mac, 0)
+		f, err := tab.Create(key(3), 0, mac, 0, SYN{})
 		if !errors.Is(err, ErrNATPortsExhausted) || f != nil {
 			t.Fatalf("Create with no free port = %v, %v; want ErrNATPortsExhausted", f, err)
 		}
@@ -606,7 +606,7 @@ func TestNATPortQuiet(t *testing.T) {
 	create(5, 17*sec, 1003, 2) // all three in quiet: the oldest, counted
 	create(6, 200*sec, 1001, 2)
 	create(7, 200*sec, 1002, 2)
-	if _, err := tab.Create(key(8), 0, mac, 200*sec); !errors.Is(err, ErrNATPortsExhausted) {
+	if _, err := tab.Create(key(8), 0, mac, 200*sec, SYN{}); !errors.Is(err, ErrNATPortsExhausted) {
 		t.Errorf("Create with all 4 ports in use: %v, want ErrNATPortsExhausted", err)
 	}
 	_ = f4
@@ -620,14 +620,14 @@ func TestMaxFlows(t *testing.T) {
 		fs = append(fs, mustCreate(t, tab, key(i), 0, 0))
 	}
 	free := tab.FreeNATPorts(0)
-	if f, err := tab.Create(key(3), 0, mac, 0); !errors.Is(err, ErrTableFull) || f != nil {
+	if f, err := tab.Create(key(3), 0, mac, 0, SYN{}); !errors.Is(err, ErrTableFull) || f != nil {
 		t.Fatalf("Create beyond MaxFlows = %v, %v; want ErrTableFull", f, err)
 	}
 	if s := tab.Stats(); s.RefusedFull != 1 || tab.Len() != 3 || tab.FreeNATPorts(0) != free {
 		t.Errorf("after refusal: Stats %+v, Len %d, free ports %d (was %d)", s, tab.Len(), tab.FreeNATPorts(0), free)
 	}
 	// An existing key still finds its flow when the table is full.
-	if f, err := tab.Create(key(1), 0, mac, 0); err != nil || f != fs[1] {
+	if f, err := tab.Create(key(1), 0, mac, 0, SYN{}); err != nil || f != fs[1] {
 		t.Errorf("Create of an existing key in a full table = %v, %v", f, err)
 	}
 	tab.Remove(fs[0])
@@ -643,7 +643,7 @@ func TestMaxFlowsConcurrent(t *testing.T) {
 	for w := range 8 {
 		wg.Go(func() {
 			for i := range 50 {
-				_, err := tab.Create(key(w*1000+i), i%2, mac, 0)
+				_, err := tab.Create(key(w*1000+i), i%2, mac, 0, SYN{})
 				switch {
 				case err == nil:
 					ok.Add(1)
@@ -849,7 +849,7 @@ func TestStrings(t *testing.T) {
 func TestTimestampOffsetAcrossFlows(t *testing.T) {
 	tab := newTable(t, Config{NATPortFirst: 5000, NATPortLast: 5000}) // one port: every flow reuses it
 	// A first flow: no history on the port, no offset.
-	f1, err := tab.CreateSYN(key(1), 0, mac, 0, SYN{TSval: 1_000_000, HasTS: true})
+	f1, err := tab.Create(key(1), 0, mac, 0, SYN{TSval: 1_000_000, HasTS: true})
 	if err != nil || f1.TSOffset != 0 {
 		t.Fatalf("first flow: offset %d, %v", f1.TSOffset, err)
 	}
@@ -858,7 +858,7 @@ func TestTimestampOffsetAcrossFlows(t *testing.T) {
 
 	// An unrelated client whose clock is behind: its SYN must land one
 	// above what the backend last saw on this port.
-	f2, err := tab.CreateSYN(key(2), 0, mac, 1, SYN{TSval: 400, HasTS: true})
+	f2, err := tab.Create(key(2), 0, mac, 1, SYN{TSval: 400, HasTS: true})
 	if err != nil || 400+f2.TSOffset != 1_000_501 {
 		t.Fatalf("second flow: offset %d puts the SYN at %d, want 1000501 (%v)", f2.TSOffset, 400+f2.TSOffset, err)
 	}
@@ -866,7 +866,7 @@ func TestTimestampOffsetAcrossFlows(t *testing.T) {
 	tab.Remove(f2)
 
 	// A client already ahead keeps its own values.
-	f3, _ := tab.CreateSYN(key(3), 0, mac, 2, SYN{TSval: 2_000_000, HasTS: true})
+	f3, _ := tab.Create(key(3), 0, mac, 2, SYN{TSval: 2_000_000, HasTS: true})
 	if f3.TSOffset != 0 {
 		t.Fatalf("a newer SYN got offset %d", f3.TSOffset)
 	}
@@ -875,22 +875,22 @@ func TestTimestampOffsetAcrossFlows(t *testing.T) {
 
 	// Wrapping: 32-bit timestamps compare modulo 2^32 (RFC 7323), so a
 	// value just past zero is newer than one just below 2^32.
-	f4, _ := tab.CreateSYN(key(4), 0, mac, 3, SYN{TSval: 0xffff_fff0, HasTS: true})
+	f4, _ := tab.Create(key(4), 0, mac, 3, SYN{TSval: 0xffff_fff0, HasTS: true})
 	if f4.TSOffset == 0 {
 		t.Fatal("an older (wrapped-behind) SYN got no offset")
 	}
 	f4.NoteTSval(0xffff_fff0 + f4.TSOffset)
 	tab.Remove(f4)
-	f5, _ := tab.CreateSYN(key(5), 0, mac, 4, SYN{TSval: 0xffff_fff0 + f4.TSOffset + 5, HasTS: true})
+	f5, _ := tab.Create(key(5), 0, mac, 4, SYN{TSval: 0xffff_fff0 + f4.TSOffset + 5, HasTS: true})
 	if f5.TSOffset != 0 {
 		t.Fatalf("a newer SYN across the wrap got offset %d", f5.TSOffset)
 	}
 	tab.Remove(f5)
 
-	// A flow without timestamps leaves no history: the next one is free.
-	f6, _ := tab.Create(key(6), 0, mac, 5)
+	// A flow without timestamps leaves no timestamp history: the next one is free.
+	f6, _ := tab.Create(key(6), 0, mac, 5, SYN{})
 	tab.Remove(f6)
-	if f7, _ := tab.CreateSYN(key(7), 0, mac, 6, SYN{TSval: 1, HasTS: true}); f7.TSOffset != 0 {
+	if f7, _ := tab.Create(key(7), 0, mac, 6, SYN{TSval: 1, HasTS: true}); f7.TSOffset != 0 {
 		t.Fatalf("offset %d after a flow without timestamps", f7.TSOffset)
 	}
 }
@@ -904,7 +904,7 @@ func TestSeqOffsetAcrossFlows(t *testing.T) {
 	reuse := func(s SYN, wantISN uint32, ends ...uint32) *Flow {
 		t.Helper()
 		n++
-		f, err := tab.CreateSYN(key(n), 0, mac, int64(n), s)
+		f, err := tab.Create(key(n), 0, mac, int64(n), s)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -113,11 +113,11 @@ type Flow struct {
 	ClientMAC   [6]byte   // the MAC to answer the client with (source MAC of its SYN frame)
 	// TSOffset is added to the client's TCP timestamps (TSval) on the way
 	// to the backend and taken off the echoes (TSecr) on the way back; 0
-	// for most flows. See Table.CreateSYN.
+	// for most flows. See Table.Create.
 	TSOffset uint32
 	// SeqOffset is added to the client's sequence numbers on the way to
 	// the backend and taken off the backend's acknowledgment numbers and
-	// SACK edges on the way back; 0 for most flows. See Table.CreateSYN.
+	// SACK edges on the way back; 0 for most flows. See Table.Create.
 	SeqOffset uint32
 
 	word     atomic.Uint32    // state | fin bits | liveBit
@@ -151,7 +151,7 @@ func (f *Flow) NoteSeqEnd(end uint32) {
 }
 
 // setOffsets chooses the flow's TSOffset and SeqOffset for its SYN, given
-// what the NAT port's previous flow left (see Table.CreateSYN).
+// what the NAT port's previous flow left (see Table.Create).
 func (f *Flow) setOffsets(syn SYN, last portMemory) {
 	tsCovers := syn.HasTS && last.ts&recorded != 0
 	if tsCovers {

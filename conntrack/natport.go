@@ -27,7 +27,7 @@ type natPorts struct {
 	n     int      // free ports in the ring
 
 	// last[port-first] is what the backend's TIME_WAIT for the port
-	// remembers of the previous flow on it (see Table.CreateSYN).
+	// remembers of the previous flow on it (see Table.Create).
 	last  []portMemory
 	first uint16
 }

@@ -35,7 +35,7 @@ func BenchmarkForwardLoop(b *testing.B) {
 		b.Fatal(err)
 	}
 	key := conntrack.ClientKey{Client: conntrack.Endpoint{IP: cli, Port: 51000}, VIP: conntrack.Endpoint{IP: srcIP, Port: 20000}}
-	if _, err := table.Create(key, 0, [6]byte(client.MAC), 0); err != nil {
+	if _, err := table.Create(key, 0, [6]byte(client.MAC), 0, conntrack.SYN{}); err != nil {
 		b.Fatal(err)
 	}
 	dp := &dataplane{srcIP: srcIP, port: 20000, natFirst: 40000, natLast: 59999, mac: [6]byte(lb.MAC), table: table,

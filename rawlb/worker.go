@@ -182,7 +182,7 @@ func (w *worker) newFlow(key conntrack.ClientKey, f *packet.Frame, ts int, now i
 	if ts >= 0 {
 		syn.TSval, syn.HasTS = f.TCP.TSval(ts), true
 	}
-	fl, err := dp.table.CreateSYN(key, b, f.Eth.Source(), now, syn)
+	fl, err := dp.table.Create(key, b, f.Eth.Source(), now, syn)
 	if err != nil {
 		if errors.Is(err, conntrack.ErrTableFull) {
 			w.drop(dropTableFull)
