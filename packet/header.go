@@ -111,6 +111,21 @@ func (t TCP) Flags() uint8 { return t[13] }
 // Checksum returns the checksum field.
 func (t TCP) Checksum() uint16 { return binary.BigEndian.Uint16(t[16:18]) }
 
+// Window returns the window field, unscaled.
+func (t TCP) Window() uint16 { return binary.BigEndian.Uint16(t[14:16]) }
+
+// SetWindow sets the window field, adjusting a complete checksum for the
+// one word that changed (RFC 1624). A partial checksum needs nothing: the
+// header is part of what the offload sums later.
+func (t TCP) SetWindow(w uint16, state CsumState) {
+	if state == CsumComplete {
+		var d delta
+		d.add(t.Window(), w)
+		t.SetChecksum(d.apply(t.Checksum()))
+	}
+	binary.BigEndian.PutUint16(t[14:16], w)
+}
+
 // SetChecksum sets the checksum field.
 func (t TCP) SetChecksum(c uint16) { binary.BigEndian.PutUint16(t[16:18], c) }
 
