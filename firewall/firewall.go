@@ -10,6 +10,14 @@
 // the host still sends from those ports, and reserves the NAT ports so that
 // no local program binds or auto-picks one of them.
 //
+// Start returns a Guard for one rawlb process serving several services:
+// its rules expire on their own a grace period after the process stops
+// renewing them (a crash, or a handoff exit with no successor), a restart
+// adopts the previous process's table without a moment unguarded, and
+// several instances share a namespace without touching each other's rules
+// or reservations. Install and Remove are the older single-port API,
+// kept until the engine calls Start.
+//
 // Everything happens in the network namespace of the calling thread.
 package firewall
 
@@ -280,6 +288,8 @@ func nftError(what string, err error) error {
 	switch {
 	case errors.Is(err, fs.ErrPermission):
 		return fmt.Errorf("firewall: %s: %w: installing nftables rules needs CAP_NET_ADMIN (run as root or setcap cap_net_admin+ep on the binary)", what, err)
+	case errors.Is(err, syscall.EOPNOTSUPP):
+		return fmt.Errorf("firewall: %s: %w: the kernel refused an nftables expression: rawlb's expiring rules (meta time) need Linux 5.4 or later", what, err)
 	case errors.Is(err, syscall.EPROTONOSUPPORT):
 		return fmt.Errorf("firewall: %s: %w: the kernel lacks nfnetlink/nf_tables (modprobe nf_tables), or run rawlb with -firewall=false and use scripts/setup.sh", what, err)
 	}
@@ -318,15 +328,14 @@ func releasePorts(r PortRange, added PortList) error {
 }
 
 func readReservedPorts() (PortList, error) {
-	b, err := os.ReadFile(ReservedPortsPath)
+	// Not os.ReadFile: it reads in pieces, and the kernel prints nothing
+	// past offset 0, so a list longer than its first piece was truncated.
+	f, err := os.Open(ReservedPortsPath)
 	if err != nil {
 		return nil, fmt.Errorf("firewall: reading %s: %w", ReservedPortsPath, err)
 	}
-	l, err := ParsePortList(string(b))
-	if err != nil {
-		return nil, fmt.Errorf("firewall: reading %s: %w", ReservedPortsPath, err)
-	}
-	return l, nil
+	defer f.Close()
+	return readSysctl(f)
 }
 
 func writeReservedPorts(l PortList) error {

@@ -143,3 +143,17 @@ func (l PortList) Minus(other PortList) PortList {
 	}
 	return out
 }
+
+// Intersect returns the ports that are both in l and in other.
+func (l PortList) Intersect(other PortList) PortList {
+	return l.Minus(l.Minus(other))
+}
+
+// Union returns the ports that are in l or in other.
+func (l PortList) Union(other PortList) PortList {
+	out := l
+	for _, r := range other {
+		out = out.Add(r)
+	}
+	return out
+}
