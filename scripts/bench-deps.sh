@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# Installs what scripts/bench.sh needs on Debian/Ubuntu: nginx (the light
-# build where the distribution still has it), haproxy, wrk, nftables,
-# iproute2, curl and procps. Idempotent: packages already installed are left
-# alone and apt-get runs only when something is missing. Needs root.
+# Installs what scripts/bench.sh needs on Debian/Ubuntu: haproxy, nftables,
+# iproute2, curl and procps always, and for the loads in BENCH_LOADS (as
+# bench.sh reads it; default all): nginx (the light build where the
+# distribution still has it) and wrk for conn, keepalive and bulk;
+# redis-server and redis-tools (redis-benchmark, redis-cli) for redis;
+# iperf3 for iperf. Idempotent: packages already installed are left alone
+# and apt-get runs only when something is missing. Needs root.
 #
-# Debian's nginx and haproxy packages may start their own system service on
-# install; the benchmark never uses it, it runs its own instances inside the
-# namespaces it creates.
+# Debian's nginx, haproxy and redis-server packages may start their own
+# system service on install; the benchmark never uses it, it runs its own
+# instances inside the namespaces it creates. iperf3 asks whether to start
+# a daemon and, installed noninteractively, does not.
 set -euo pipefail
 
 die() {
@@ -25,19 +29,37 @@ candidate() {
 	[ -n "$c" ] && [ "$c" != "(none)" ]
 }
 
-command -v apt-get >/dev/null || die "apt-get not found: install nginx, haproxy, wrk, nftables, iproute2 and curl by hand"
+# The same default as bench.sh's; bench.sh rejects names it does not know.
+read -r -a loads <<<"${BENCH_LOADS:-conn keepalive bulk redis iperf}"
+want=(iproute2 nftables haproxy curl procps)
+need_nginx=false
+for l in "${loads[@]}"; do
+	case $l in
+	conn | keepalive | bulk) need_nginx=true ;;
+	redis) want+=(redis-server redis-tools) ;;
+	iperf) want+=(iperf3) ;;
+	esac
+done
+if $need_nginx; then
+	want+=(wrk)
+fi
+
+command -v apt-get >/dev/null || die "apt-get not found: install ${want[*]}$($need_nginx && echo " nginx") by hand"
 
 missing=()
-for p in iproute2 nftables haproxy wrk curl procps; do
-	installed "$p" || missing+=("$p")
+for p in "${want[@]}"; do
+	installed "$p" || [[ " ${missing[*]} " == *" $p "* ]] || missing+=("$p")
 done
-nginx_missing=true
-for p in nginx-light nginx nginx-core nginx-full; do
-	if installed "$p"; then
-		nginx_missing=false
-		break
-	fi
-done
+nginx_missing=false
+if $need_nginx; then
+	nginx_missing=true
+	for p in nginx-light nginx nginx-core nginx-full; do
+		if installed "$p"; then
+			nginx_missing=false
+			break
+		fi
+	done
+fi
 
 if [ ${#missing[@]} -eq 0 ] && ! $nginx_missing; then
 	echo "bench-deps: everything is installed"

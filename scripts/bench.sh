@@ -4,9 +4,11 @@
 # network like the end-to-end tests':
 #
 #   switch ns: bridge br0 (stp off, forward_delay 0)
-#   client   198.18.0.10   wrk
-#   balancer 198.18.0.2    kernel NAT, HAProxy or rawlb
-#   be1..3   198.18.0.11-13 nginx on :8090 (GET / short body, /big 64 MiB)
+#   client   198.18.0.10   wrk, redis-benchmark, iperf3 -c
+#   balancer 198.18.0.2    kernel NAT, HAProxy or rawlb on :20000
+#   be1..3   198.18.0.11-13 nginx on :8090 (GET / short body, /big 64 MiB),
+#                           redis-server on :6379 (no persistence),
+#                           iperf3 -s on :5201 (be1 only)
 #
 # Every veth is created inside the lab's namespaces (offloads at their
 # defaults); the host's own namespace, firewall and sysctls are never
@@ -17,13 +19,24 @@
 # same address and port with an ACK, the client resets and retransmits its
 # SYN, and the next contender's connection rate collapses.
 #
-# Loads, each for BENCH_DURATION (default 10s), from the client:
+# Loads, from the client; BENCH_LOADS picks some (default all five, e.g.
+# BENCH_LOADS="redis iperf"):
 #   conn       wrk -t2 -c32 -H 'Connection: close' /   a connection per request
 #   keepalive  wrk -t2 -c32 /                          keep-alive requests
 #   bulk       wrk -t1 -c1 /big                        one bulk stream
+#   redis      redis-benchmark -c 200 -n 100000 -t set, then -t get, -q --csv
+#              against the three redis-servers
+#   iperf      iperf3 -P 4, -P 4 -R, -P 1, -P 1 -R (Gbit/s) to be1 alone
+# The wrk and iperf3 loads run for BENCH_DURATION (default 10s) each;
+# redis-benchmark runs its 100000 requests. Each contender serves one
+# service at a time on :20000 (http: nginx x3, redis: redis-server x3,
+# iperf: be1's iperf3 alone, since iperf3's control and data connections
+# must reach the same server), restarted in a fresh balancer namespace
+# between services.
 #
-# Needs root, nginx, haproxy, wrk, nft, ip, curl (scripts/bench-deps.sh) and
-# bin/rawlb (make build; RAWLB_BIN overrides). BENCH_CONTENDERS runs only
+# Needs root, haproxy, nft, ip, curl and each load's tools (nginx and wrk;
+# redis-server, redis-benchmark and redis-cli; iperf3: scripts/bench-deps.sh)
+# and bin/rawlb (make build; RAWLB_BIN overrides). BENCH_CONTENDERS runs only
 # some contenders (default "direct knat haproxy rawlb"). BENCH_ROUNDS
 # (default 3) repeats the whole set, each round starting with the next
 # contender, so a slow minute on a shared machine hits every contender
@@ -44,11 +57,15 @@ RAWLB=${RAWLB_BIN:-$ROOT/bin/rawlb}
 case $RAWLB in /*) ;; *) RAWLB=$caller_pwd/$RAWLB ;; esac
 
 readonly LB_IP=198.18.0.2 CLIENT_IP=198.18.0.10 LB_PORT=20000 BE_PORT=8090
+readonly REDIS_PORT=6379 IPERF_PORT=5201
 readonly BACKEND_IPS=(198.18.0.11 198.18.0.12 198.18.0.13)
 readonly METRICS_ADDR=127.0.0.1:9120
 readonly BIG_BYTES=$((64 << 20))
-readonly LOADS=(conn keepalive bulk)
+readonly ALL_LOADS=(conn keepalive bulk redis iperf)
 readonly ALL_CONTENDERS=(direct knat haproxy rawlb)
+# The rows each load reports: redis one per redis-benchmark test, iperf
+# one per iperf3 run.
+readonly REDIS_ROWS=(redis-set redis-get) IPERF_ROWS=(iperf-p4 iperf-p4r iperf-p1 iperf-p1r)
 
 die() {
 	echo "bench: $*" >&2
@@ -66,12 +83,43 @@ for c in "${CONTENDERS[@]}"; do
 done
 readonly CONTENDERS
 
+# BENCH_LOADS picks some loads. LOADS are the wrk loads among them (the
+# first table), NEW_ROWS the rows of redis and iperf (the second), ROWS
+# both, and SERVICES what the contenders must balance for them, in order.
+read -r -a picked <<<"${BENCH_LOADS:-${ALL_LOADS[*]}}"
+LOADS=() NEW_ROWS=() SERVICES=()
+for l in "${picked[@]}"; do
+	[[ " ${ALL_LOADS[*]} " == *" $l "* ]] || die "BENCH_LOADS: unknown load $l (want some of: ${ALL_LOADS[*]})"
+done
+for l in conn keepalive bulk; do
+	[[ " ${picked[*]} " != *" $l "* ]] || LOADS+=("$l")
+done
+[ ${#LOADS[@]} -eq 0 ] || SERVICES+=(http)
+if [[ " ${picked[*]} " == *" redis "* ]]; then
+	NEW_ROWS+=("${REDIS_ROWS[@]}") SERVICES+=(redis)
+fi
+if [[ " ${picked[*]} " == *" iperf "* ]]; then
+	NEW_ROWS+=("${IPERF_ROWS[@]}") SERVICES+=(iperf)
+fi
+[ ${#SERVICES[@]} -gt 0 ] || die "BENCH_LOADS is empty (want some of: ${ALL_LOADS[*]})"
+ROWS=("${LOADS[@]}" "${NEW_ROWS[@]}")
+readonly LOADS NEW_ROWS SERVICES ROWS
+
+# wants SERVICE: SERVICE is among those this run measures.
+wants() {
+	[[ " ${SERVICES[*]} " == *" $1 "* ]]
+}
+
 [[ $DURATION =~ ^[1-9][0-9]*[smh]?$ ]] || die "BENCH_DURATION=$DURATION: want a wrk duration such as 10s, 2m"
 [[ $ROUNDS =~ ^[1-9]$ ]] || die "BENCH_ROUNDS=$ROUNDS: want a number of rounds from 1 to 9"
 readonly ROUNDS
 [ "$(id -u)" -eq 0 ] || die "needs root (network namespaces); run it as: sudo make bench"
-for tool in ip bridge nft nginx haproxy wrk curl top getconf; do
-	command -v "$tool" >/dev/null || die "$tool not found: run scripts/bench-deps.sh"
+tools=(ip bridge nft haproxy curl top getconf)
+! wants http || tools+=(nginx wrk)
+! wants redis || tools+=(redis-server redis-benchmark redis-cli)
+! wants iperf || tools+=(iperf3)
+for tool in "${tools[@]}"; do
+	command -v "$tool" >/dev/null || die "$tool not found: run scripts/bench-deps.sh (BENCH_LOADS=\"${picked[*]}\")"
 done
 [ -x "$RAWLB" ] || die "$RAWLB not found: run make build first"
 
@@ -239,6 +287,12 @@ build_lab() {
 }
 
 start_backends() {
+	! wants http || start_nginx
+	! wants redis || start_redis
+	! wants iperf || start_iperf
+}
+
+start_nginx() {
 	local i n dir
 	if [ ! -e "$WORK/www/big" ]; then
 		mkdir -p "$WORK/www"
@@ -283,6 +337,46 @@ start_backends() {
 	[ "$size" -eq "$BIG_BYTES" ] || die "/big is $size bytes, want $BIG_BYTES"
 }
 
+# start_redis: a redis-server on each backend, persistence off (no RDB
+# snapshots, no AOF: a SET load must not measure the disk). Each holds a
+# key naming its backend, which check_redis_balanced reads through the
+# balancer; redis-benchmark's own keys are key:__rand_int__ and friends.
+start_redis() {
+	local i n dir
+	for i in "${!BACKEND_IPS[@]}"; do
+		n=$((i + 1))
+		dir=$WORK/${LAB#"$P"}be$n-redis
+		mkdir -p "$dir"
+		start "${LAB}be$n" "$dir/redis.log" redis-server --bind "${BACKEND_IPS[i]}" --port "$REDIS_PORT" \
+			--save '' --appendonly no --protected-mode no --daemonize no --dir "$dir" --logfile ''
+		wait_until 10 "redis-server on be$n" redis_cmd "${BACKEND_IPS[i]}" "$REDIS_PORT" SET whoami "be$n" >/dev/null
+	done
+}
+
+# redis_cmd HOST PORT ARGS...: one redis-cli command from the client; it
+# fails unless redis answers (redis-cli exits 0 even on an error reply).
+redis_cmd() {
+	local out
+	out=$(ip netns exec "$CLIENT" timeout 3 redis-cli -h "$1" -p "$2" "${@:3}" 2>&1) || return 1
+	[[ $out != ERR* && $out != *"Could not connect"* ]] || return 1
+	printf '%s\n' "$out"
+}
+
+# start_iperf: iperf3's server on be1 only; see use_service.
+start_iperf() {
+	local dir=$WORK/${LAB#"$P"}be1-iperf
+	mkdir -p "$dir"
+	start "${LAB}be1" "$dir/iperf3.log" iperf3 -s -B "${BACKEND_IPS[0]}" -p "$IPERF_PORT"
+	wait_until 10 "iperf3 server on be1" iperf_probe "${BACKEND_IPS[0]}" "$IPERF_PORT"
+}
+
+# iperf_probe HOST PORT: a 1 MB iperf3 run goes through. iperf3's server
+# runs one test at a time; the 1 s pause lets it reset before the next.
+iperf_probe() {
+	ip netns exec "$CLIENT" timeout 10 iperf3 -c "$1" -p "$2" -n 1M >/dev/null 2>&1 || return 1
+	sleep 1
+}
+
 client_get() {
 	ip netns exec "$CLIENT" curl -sf --max-time 2 "$1"
 }
@@ -296,22 +390,62 @@ check_balanced() {
 }
 
 # --- contenders ---
-# Each start_* sets LB_NS (the balancer namespace or empty), LB_PID (the
-# balancer process to account CPU to, or empty) and URL_BASE.
+# Each start_* balances the service use_service chose. It sets LB_NS (the
+# balancer namespace or empty), LB_PID (the balancer process to account
+# CPU to, or empty), TARGET_IP and TARGET_PORT (where the client connects)
+# and, for http, URL_BASE.
+
+# use_service NAME: what the contender balances next, and on which
+# backends. iperf3 is served by be1 alone: its control connection and its
+# data connections must reach the same server, which a balancer spreading
+# connections over three backends would not do.
+use_service() {
+	SVC=$1
+	case $SVC in
+	http) SVC_PORT=$BE_PORT SVC_IPS=("${BACKEND_IPS[@]}") ;;
+	redis) SVC_PORT=$REDIS_PORT SVC_IPS=("${BACKEND_IPS[@]}") ;;
+	iperf) SVC_PORT=$IPERF_PORT SVC_IPS=("${BACKEND_IPS[0]}") ;;
+	esac
+}
+
+# check_service: the balancer (or the backend, for direct) answers for the
+# current service, on every backend where there are several.
+check_service() {
+	case $SVC in
+	http) check_balanced "$URL_BASE/" ;;
+	redis) check_redis_balanced ;;
+	iperf) iperf_probe "$TARGET_IP" "$TARGET_PORT" ;;
+	esac
+}
+
+# check_redis_balanced: six connections through the balancer read the
+# whoami key of every backend.
+check_redis_balanced() {
+	local got
+	got=$(for _ in 1 2 3 4 5 6; do redis_cmd "$TARGET_IP" "$TARGET_PORT" GET whoami || echo fail; done | sort -u | tr '\n' ' ')
+	log "six redis connections to $TARGET_IP:$TARGET_PORT answered by: $got"
+	[ "$got" = "be1 be2 be3 " ]
+}
 
 start_direct() {
-	LB_NS="" LB_PID="" URL_BASE="http://${BACKEND_IPS[0]}:$BE_PORT"
+	LB_NS="" LB_PID="" TARGET_IP=${SVC_IPS[0]} TARGET_PORT=$SVC_PORT
+	URL_BASE="http://$TARGET_IP:$TARGET_PORT"
+	[ "$SVC" != iperf ] || wait_until 10 "iperf3 direct" check_service
 }
 
 start_knat() {
-	LB_NS=${LAB}lb LB_PID="" URL_BASE="http://$LB_IP:$LB_PORT"
+	LB_NS=${LAB}lb LB_PID="" TARGET_IP=$LB_IP TARGET_PORT=$LB_PORT URL_BASE="http://$LB_IP:$LB_PORT"
 	add_host "$LB_NS" lb "$LB_IP"
 	ip netns exec "$LB_NS" sh -c 'echo 1 >/proc/sys/net/ipv4/ip_forward'
+	local map="" i
+	for i in "${!SVC_IPS[@]}"; do
+		map+="${map:+, }$i : ${SVC_IPS[i]}"
+	done
 	ip netns exec "$LB_NS" nft -f - <<-EOF
 		table ip rawlb_bench_nat {
 			chain prerouting {
 				type nat hook prerouting priority dstnat;
-				ip daddr $LB_IP tcp dport $LB_PORT dnat to numgen inc mod 3 map { 0 : ${BACKEND_IPS[0]}, 1 : ${BACKEND_IPS[1]}, 2 : ${BACKEND_IPS[2]} } : $BE_PORT
+				ip daddr $LB_IP tcp dport $LB_PORT dnat to numgen inc mod ${#SVC_IPS[@]} map { $map } : $SVC_PORT
 			}
 			chain postrouting {
 				type nat hook postrouting priority srcnat;
@@ -319,12 +453,19 @@ start_knat() {
 			}
 		}
 	EOF
-	wait_until 10 "kernel NAT balancing" check_balanced "$URL_BASE/"
+	wait_until 10 "kernel NAT balancing" check_service
 }
 
 start_haproxy() {
-	LB_NS=${LAB}lb URL_BASE="http://$LB_IP:$LB_PORT"
+	LB_NS=${LAB}lb TARGET_IP=$LB_IP TARGET_PORT=$LB_PORT URL_BASE="http://$LB_IP:$LB_PORT"
 	add_host "$LB_NS" lb "$LB_IP"
+	# iperf3's control connection idles while its test runs: the idle
+	# timeouts must outlast BENCH_DURATION.
+	local idle=60 servers="" i
+	[ "$SVC" != iperf ] || idle=$((DURATION_S + 60))
+	for i in "${!SVC_IPS[@]}"; do
+		servers+="		server be$((i + 1)) ${SVC_IPS[i]}:$SVC_PORT"$'\n'
+	done
 	cat >"$WORK/haproxy.cfg" <<-EOF
 		global
 			nbthread 1
@@ -333,16 +474,14 @@ start_haproxy() {
 		defaults
 			mode tcp
 			timeout connect 5s
-			timeout client 60s
-			timeout server 60s
+			timeout client ${idle}s
+			timeout server ${idle}s
 		frontend bench
 			bind $LB_IP:$LB_PORT
-			default_backend nginx
-		backend nginx
+			default_backend $SVC
+		backend $SVC
 			balance roundrobin
-			server be1 ${BACKEND_IPS[0]}:$BE_PORT
-			server be2 ${BACKEND_IPS[1]}:$BE_PORT
-			server be3 ${BACKEND_IPS[2]}:$BE_PORT
+		$servers
 	EOF
 	haproxy -c -q -f "$WORK/haproxy.cfg" || die "haproxy rejected $WORK/haproxy.cfg"
 	start "$LB_NS" "$WORK/haproxy.log" haproxy -db -f "$WORK/haproxy.cfg"
@@ -356,28 +495,37 @@ start_rawlb() {
 	# A fresh namespace: no nft NAT table, no haproxy, no conntrack state.
 	[ -z "$(ip netns exec "$LB_NS" nft list tables)" ] || die "$LB_NS has nft tables before rawlb starts"
 	[ -z "$(ip netns pids "$LB_NS")" ] || die "$LB_NS runs processes before rawlb starts"
-	local args=(-port "$LB_PORT" -metrics "$METRICS_ADDR" "$LB_IP")
+	TARGET_IP=$LB_IP TARGET_PORT=$LB_PORT
+	local args=(-port "$LB_PORT" -metrics "$METRICS_ADDR")
+	# A health check is a connect and a close. iperf3's server reads a
+	# new connection during a test's setup as one of the test's own
+	# streams and aborts the test when it carries no cookie, so for
+	# iperf3 only the first check runs (the first result sets a
+	# backend's state outright).
+	[ "$SVC" != iperf ] || args+=(-hc-interval 1h)
+	args+=("$LB_IP")
 	local ip
-	for ip in "${BACKEND_IPS[@]}"; do
-		args+=("$ip:$BE_PORT")
+	for ip in "${SVC_IPS[@]}"; do
+		args+=("$ip:$SVC_PORT")
 	done
+	RAWLB_LOG=$WORK/rawlb-$SVC.log
 	log "rawlb ${args[*]}"
-	start "$LB_NS" "$WORK/rawlb.log" "$RAWLB" "${args[@]}"
+	start "$LB_NS" "$RAWLB_LOG" "$RAWLB" "${args[@]}"
 	LB_PID=$STARTED_PID RAWLB_MAIN_PID=$STARTED_PID
 	wait_until 20 "rawlb started" rawlb_started
-	wait_until 20 "rawlb: all three backends up" rawlb_backends_up
-	wait_until 10 "rawlb balancing" lb_balancing "$WORK/rawlb.log"
+	wait_until 20 "rawlb: all ${#SVC_IPS[@]} backend(s) up" rawlb_backends_up
+	wait_until 10 "rawlb balancing" lb_balancing "$RAWLB_LOG"
 }
 
 # lb_balancing LOGFILE: the balancer process still runs and balances.
 lb_balancing() {
 	alive "$LB_PID" || die "the balancer exited: $(tail -n 20 "$1")"
-	check_balanced "$URL_BASE/"
+	check_service
 }
 
 rawlb_started() {
-	alive "$LB_PID" || die "rawlb exited: $(tail -n 20 "$WORK/rawlb.log")"
-	grep -q 'rawlb started' "$WORK/rawlb.log"
+	alive "$LB_PID" || die "rawlb exited: $(tail -n 20 "$RAWLB_LOG")"
+	grep -q 'rawlb started' "$RAWLB_LOG"
 }
 
 scrape() {
@@ -385,7 +533,20 @@ scrape() {
 }
 
 rawlb_backends_up() {
-	[ "$(scrape | awk '/^rawlb_backend_up[{ ]/ { s += $NF } END { print s + 0 }')" = 3 ]
+	[ "$(scrape | awk '/^rawlb_backend_up[{ ]/ { s += $NF } END { print s + 0 }')" = "${#SVC_IPS[@]}" ]
+}
+
+# stop_service C: keeps rawlb's start line and warnings, then removes the
+# balancer's namespace (and whatever runs in it) so that the next service
+# starts on a fresh one; the lab's other hosts stay.
+stop_service() {
+	if [ "$1" = rawlb ]; then
+		alive "$LB_PID" || log "rawlb is not running at the end of $SVC: $(tail -n 20 "$RAWLB_LOG")"
+		grep -m 1 'rawlb started' "$RAWLB_LOG" | sed "s/^/$SVC: /" >>"$WORK/rawlb-started.txt" || true
+		grep -Ei 'level=(warn|error)|panic' "$RAWLB_LOG" | head -n 20 | sed "s/^/$SVC: /" >>"$WORK/rawlb-warnings.txt" || true
+	fi
+	[ -z "$LB_NS" ] || delete_ns "$LB_NS"
+	LB_NS="" LB_PID=""
 }
 
 stop_contender() {
@@ -465,7 +626,115 @@ wrk_command() {
 	esac
 }
 
-declare -A RPS P99 MBS SOCKERR NON2XX LBCPU HOSTCPU RETRANS OTHERCPU
+declare -A RPS P99 MBS SOCKERR NON2XX LBCPU HOSTCPU RETRANS OTHERCPU GBPS RINGDROPS IPERFRETR
+
+# meter_start C NAME: the counters a load is judged beside, before load
+# NAME: rawlb's metrics, the client's TCP counters, the CPU time of the
+# balancer, of the whole machine and of processes outside the benchmark.
+meter_start() {
+	[ "$1" != rawlb ] || scrape >"$WORK/metrics-$2-before.txt" || true
+	ns_tcp_counters "$CLIENT" >"$WORK/client-$1-$2-before.txt"
+	other_ticks >"$WORK/other-before.txt"
+	METER_P0=0
+	[ -z "$LB_PID" ] || METER_P0=$(proc_ticks "$LB_PID")
+	METER_H0=$(host_ticks)
+}
+
+# meter_stop C NAME KEY: the same counters after load NAME, into
+# LBCPU, HOSTCPU, OTHERCPU, RETRANS and, for rawlb, RINGDROPS of KEY.
+meter_stop() {
+	local c=$1 name=$2 k=$3 h1 p1=0
+	h1=$(host_ticks)
+	[ -z "$LB_PID" ] || p1=$(proc_ticks "$LB_PID")
+	ns_tcp_counters "$CLIENT" >"$WORK/client-$c-$name-after.txt"
+	other_ticks >"$WORK/other-after.txt"
+	OTHERCPU[$k]=$(awk -v hz="$HZ" 'FNR == NR { b[$1] = $2; next } { s += $2 - b[$1] } END { printf "%.1f", s / hz }' \
+		"$WORK/other-before.txt" "$WORK/other-after.txt")
+	if [ "$c" = rawlb ]; then
+		scrape >"$WORK/metrics-$name-after.txt" || true
+		RINGDROPS[$k]=$(ring_drops "$name")
+	fi
+	if [ -n "$LB_PID" ]; then
+		alive "$LB_PID" || log "$c exited during $name"
+		LBCPU[$k]=$(awk -v a="$METER_P0" -v b="$p1" -v hz="$HZ" 'BEGIN { printf "%.2f", (b - a) / hz }')
+	fi
+	RETRANS[$k]=$(counter_delta "$WORK/client-$c-$name-before.txt" "$WORK/client-$c-$name-after.txt" TcpExt.TCPSynRetrans)/$(
+		counter_delta "$WORK/client-$c-$name-before.txt" "$WORK/client-$c-$name-after.txt" Tcp.RetransSegs)
+	HOSTCPU[$k]=$(awk -v a="$METER_H0" -v b="$h1" -v hz="$HZ" 'BEGIN {
+		split(a, x, " "); split(b, y, " ")
+		printf "%.1f (%.1f)", (y[1] - x[1]) / hz, (y[2] - x[2]) / hz }')
+}
+
+# ring_drops NAME: how much rawlb_ring_drops_total (every series of it)
+# grew during load NAME, or empty if the metrics were not scraped.
+ring_drops() {
+	local b=$WORK/metrics-$1-before.txt a=$WORK/metrics-$1-after.txt
+	[ -s "$b" ] && [ -s "$a" ] || return 0
+	awk 'FNR == NR { if ($1 ~ /^rawlb_ring_drops_total([{]|$)/) s -= $2; next }
+		$1 ~ /^rawlb_ring_drops_total([{]|$)/ { s += $2 } END { printf "%.0f\n", s }' "$b" "$a"
+}
+
+# run_redis C ROUND: redis-benchmark from the client, SET then GET, each
+# as its own run so that CPU and ring drops are per test. -q --csv prints
+# one line per test: "SET","rps","avg","min","p50","p95","p99","max" (ms).
+run_redis() {
+	local c=$1 round=$2 t row k out rc
+	for t in set get; do
+		row=redis-$t k=$c/redis-$t/$round out=$WORK/redis-$c-$t-$round.txt
+		meter_start "$c" "$row"
+		log "$c/$row: redis-benchmark -h $TARGET_IP -p $TARGET_PORT -c 200 -n 100000 -t $t -q --csv"
+		rc=0
+		ip netns exec "$CLIENT" redis-benchmark -h "$TARGET_IP" -p "$TARGET_PORT" -c 200 -n 100000 -t "$t" -q --csv >"$out" 2>&1 || rc=$?
+		meter_stop "$c" "$row" "$k"
+		cat "$out" >&2
+		local f
+		IFS=, read -r -a f <<<"$(tr -d '"' <"$out" | awk -F, -v t="${t^^}" '$1 == t')"
+		if [ "$rc" -ne 0 ] || [ ${#f[@]} -ne 8 ]; then
+			RPS[$k]="failed (redis-benchmark exit $rc)"
+		else
+			RPS[$k]=$(awk -v r="${f[1]}" 'BEGIN { printf "%.0f", r }')
+			P99[$k]=${f[6]}
+		fi
+		sleep 2
+	done
+}
+
+# iperf_opts ROW: the iperf3 options of a row.
+iperf_opts() {
+	case $1 in
+	iperf-p4) echo "-P 4" ;;
+	iperf-p4r) echo "-P 4 -R" ;;
+	iperf-p1) echo "-P 1" ;;
+	iperf-p1r) echo "-P 1 -R" ;;
+	esac
+}
+
+# run_iperf C ROUND: the four iperf3 runs. -f m fixes the unit; the last
+# "receiver" line is the total over the streams ([SUM] with -P 4), and
+# the last "sender" line's Retr column the sender's retransmissions (the
+# server's with -R, which iperf3 reports back to the client).
+run_iperf() {
+	local c=$1 round=$2 row k out rc opts
+	for row in "${IPERF_ROWS[@]}"; do
+		k=$c/$row/$round out=$WORK/iperf-$c-$row-$round.txt
+		read -r -a opts <<<"$(iperf_opts "$row")"
+		meter_start "$c" "$row"
+		log "$c/$row: iperf3 -c $TARGET_IP -p $TARGET_PORT -t $DURATION_S -f m ${opts[*]}"
+		rc=0
+		ip netns exec "$CLIENT" timeout $((DURATION_S + 60)) iperf3 -c "$TARGET_IP" -p "$TARGET_PORT" -t "$DURATION_S" -f m "${opts[@]}" >"$out" 2>&1 || rc=$?
+		meter_stop "$c" "$row" "$k"
+		cat "$out" >&2
+		GBPS[$k]=$(awk '/ receiver$/ { for (i = 1; i < NF; i++) if ($(i + 1) == "Mbits/sec") v = $i }
+			END { if (v != "") printf "%.2f", v / 1000 }' "$out")
+		IPERFRETR[$k]=$(awk '/ sender$/ { for (i = 1; i < NF; i++) if ($i == "Mbits/sec") r = $(i + 1) }
+			END { print r }' "$out")
+		if [ "$rc" -ne 0 ] || [ -z "${GBPS[$k]}" ]; then
+			GBPS[$k]="failed (iperf3 exit $rc)"
+		fi
+		# iperf3's server takes a moment to reset for the next test.
+		sleep 2
+	done
+}
 
 # wrk's text rounds (1.00GB read); this done() hook prints the exact totals
 # on one line that run_load parses. It runs after the load, so it does not
@@ -487,8 +756,7 @@ write_wrk_script() {
 run_load() {
 	local c=$1 load=$2 k=$1/$2/$3 out=$WORK/wrk-$1-$2-$3.txt
 	wrk_opts "$load"
-	local h0 h1 p0=0 p1=0 sampler=""
-	[ "$c" != rawlb ] || scrape >"$WORK/metrics-$load-before.txt" || true
+	local sampler=""
 	if [ "$c" = rawlb ] && [ "$load" = keepalive ]; then
 		# Per-thread CPU over the load, and one top -H frame from its middle.
 		thread_ticks "$LB_PID" >"$WORK/threads-before.txt"
@@ -498,35 +766,17 @@ run_load() {
 		) &
 		sampler=$!
 	fi
-	ns_tcp_counters "$CLIENT" >"$WORK/client-$c-$load-before.txt"
-	other_ticks >"$WORK/other-before.txt"
-	[ -z "$LB_PID" ] || p0=$(proc_ticks "$LB_PID")
-	h0=$(host_ticks)
+	meter_start "$c" "$load"
 	log "$c/$load: wrk ${WRK_OPTS[*]} $URL_BASE$WRK_PATH"
 	local rc=0
 	ip netns exec "$CLIENT" wrk "${WRK_OPTS[@]}" "$URL_BASE$WRK_PATH" >"$out" 2>&1 || rc=$?
-	h1=$(host_ticks)
-	[ -z "$LB_PID" ] || p1=$(proc_ticks "$LB_PID")
-	ns_tcp_counters "$CLIENT" >"$WORK/client-$c-$load-after.txt"
-	other_ticks >"$WORK/other-after.txt"
-	OTHERCPU[$k]=$(awk -v hz="$HZ" 'FNR == NR { b[$1] = $2; next } { s += $2 - b[$1] } END { printf "%.1f", s / hz }' \
-		"$WORK/other-before.txt" "$WORK/other-after.txt")
+	meter_stop "$c" "$load" "$k"
 	if [ -n "$sampler" ]; then
 		thread_ticks "$LB_PID" >"$WORK/threads-after.txt"
 		wait "$sampler" || true
 	fi
-	[ "$c" != rawlb ] || scrape >"$WORK/metrics-$load-after.txt" || true
 	cat "$out" >&2
 
-	if [ -n "$LB_PID" ]; then
-		alive "$LB_PID" || log "$c exited during $load"
-		LBCPU[$k]=$(awk -v a="$p0" -v b="$p1" -v hz="$HZ" 'BEGIN { printf "%.2f", (b - a) / hz }')
-	fi
-	RETRANS[$k]=$(counter_delta "$WORK/client-$c-$load-before.txt" "$WORK/client-$c-$load-after.txt" TcpExt.TCPSynRetrans)/$(
-		counter_delta "$WORK/client-$c-$load-before.txt" "$WORK/client-$c-$load-after.txt" Tcp.RetransSegs)
-	HOSTCPU[$k]=$(awk -v a="$h0" -v b="$h1" -v hz="$HZ" 'BEGIN {
-		split(a, x, " "); split(b, y, " ")
-		printf "%.1f (%.1f)", (y[1] - x[1]) / hz, (y[2] - x[2]) / hz }')
 	if [ "$rc" -ne 0 ] || ! grep -q '^Requests/sec:' "$out"; then
 		RPS[$k]="failed (wrk exit $rc)"
 		return 0
@@ -563,9 +813,14 @@ counter_deltas() {
 # --- the summary over rounds ---
 
 # primary LOAD C/LOAD/ROUND: the figure a load is judged by: MB/s for the
-# bulk stream (a few whole requests in 10 s say little), req/s otherwise.
+# bulk stream (a few whole requests in 10 s say little), Gbit/s for
+# iperf3, req/s otherwise.
 primary() {
-	if [ "$1" = bulk ]; then echo "${MBS[$2]:-}"; else echo "${RPS[$2]:-}"; fi
+	case $1 in
+	bulk) echo "${MBS[$2]:-}" ;;
+	iperf-*) echo "${GBPS[$2]:-}" ;;
+	*) echo "${RPS[$2]:-}" ;;
+	esac
 }
 
 # median_round C LOAD: the round whose primary figure is the median of C's
@@ -594,25 +849,28 @@ sum_rounds() {
 		}'
 }
 
-# summarize: for each contender and load, the median round's figures under
-# C/LOAD, and over all rounds the sums of socket errors, non-2xx answers
-# and retransmissions (a target of zero holds only if it held in every
-# round) and the list of req/s by round.
+# summarize: for each contender and load (each row of redis and iperf),
+# the median round's figures under C/LOAD, and over all rounds the sums of
+# socket errors, non-2xx answers, retransmissions and ring drops (a target
+# of zero holds only if it held in every round) and the list of req/s by
+# round.
 declare -A BYROUND RATIOS
 summarize() {
 	local c load r k m v
 	for c in "${CONTENDERS[@]}"; do
-		for load in "${LOADS[@]}"; do
+		for load in "${ROWS[@]}"; do
 			k=$c/$load m=$(median_round "$c" "$load")
-			RPS[$k]=${RPS[$k/$m]:-} MBS[$k]=${MBS[$k/$m]:-} P99[$k]=${P99[$k/$m]:-}
+			RPS[$k]=${RPS[$k/$m]:-} MBS[$k]=${MBS[$k/$m]:-} P99[$k]=${P99[$k/$m]:-} GBPS[$k]=${GBPS[$k/$m]:-}
 			LBCPU[$k]=${LBCPU[$k/$m]:-} HOSTCPU[$k]=${HOSTCPU[$k/$m]:-} OTHERCPU[$k]=${OTHERCPU[$k/$m]:-}
 			BYROUND[$k]=$(for r in $(seq 1 "$ROUNDS"); do v=$(primary "$load" "$k/$r"); echo "${v:-n/a}"; done | paste -sd/ -)
 			SOCKERR[$k]=$(sum_rounds SOCKERR "$k")
 			NON2XX[$k]=$(sum_rounds NON2XX "$k")
 			RETRANS[$k]=$(sum_rounds RETRANS "$k")
+			IPERFRETR[$k]=$(sum_rounds IPERFRETR "$k")
+			RINGDROPS[$k]=$(sum_rounds RINGDROPS "$k")
 		done
 	done
-	for load in "${LOADS[@]}"; do
+	for load in "${ROWS[@]}"; do
 		for c in knat haproxy; do
 			RATIOS[$c/$load]=$(for r in $(seq 1 "$ROUNDS"); do
 				echo "$(ratio "$(primary "$load" "rawlb/$load/$r")" "$(primary "$load" "$c/$load/$r")")"
@@ -637,6 +895,20 @@ load_label() {
 	conn) echo "new connection per request" ;;
 	keepalive) echo "keep-alive requests" ;;
 	bulk) echo "bulk stream of /big" ;;
+	redis-set) echo "redis SET, 200 clients" ;;
+	redis-get) echo "redis GET, 200 clients" ;;
+	iperf-p4) echo "iperf3, 4 streams, client to server" ;;
+	iperf-p4r) echo "iperf3, 4 streams, server to client (-R)" ;;
+	iperf-p1) echo "iperf3, 1 stream, client to server" ;;
+	iperf-p1r) echo "iperf3, 1 stream, server to client (-R)" ;;
+	esac
+}
+
+# row_command ROW: the command line of a redis or iperf row.
+row_command() {
+	case $1 in
+	redis-*) echo "redis-benchmark -h HOST -p PORT -c 200 -n 100000 -t ${1#redis-} -q --csv" ;;
+	iperf-*) echo "iperf3 -c HOST -p PORT -t $DURATION_S -f m $(iperf_opts "$1")" ;;
 	esac
 }
 
@@ -647,19 +919,9 @@ ratio() {
 		printf "%.2f", a / b }'
 }
 
-report() {
+# report_wrk: the tables of the wrk loads.
+report_wrk() {
 	local load c k
-	echo "## rawlb benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')"
-	echo
-	echo "Machine: $(nproc) cores ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), kernel $(uname -r)."
-	echo "Everything (wrk, three nginx, the balancer) shares these cores. Each load runs $DURATION;"
-	echo "each contender gets a freshly built lab (switch, client, backends, balancer) in each of"
-	echo "$ROUNDS round(s); each round starts with the next contender in turn."
-	echo "The client namespace has net.ipv4.tcp_tw_reuse=1 (wrk's own TIME_WAITs would"
-	echo "otherwise make connect() the bottleneck); nginx has keepalive_requests 1000000,"
-	echo "HAProxy nbthread 1, maxconn 4096; rawlb runs with its defaults (-workers 0)."
-	echo "$("$RAWLB" -version 2>&1 | head -n 1), $(nginx -v 2>&1 | sed 's/.*: //'), $(haproxy -v | awk 'NR == 1 { print $1, $3 }'), $(wrk -v 2>&1 | awk 'NR == 1 { print $1, $2 }')."
-	echo
 	echo "Loads (URL is the contender's address):"
 	echo
 	for load in "${LOADS[@]}"; do
@@ -711,6 +973,81 @@ report() {
 			"${RATIOS[knat/$load]:-n/a}" "${RATIOS[haproxy/$load]:-n/a}"
 	done
 	echo
+}
+
+# report_new: the tables of the redis and iperf3 rows.
+report_new() {
+	local load c k
+	echo "redis and iperf3 loads (HOST:PORT is the contender's address; iperf3 reaches be1 alone):"
+	echo
+	for load in "${NEW_ROWS[@]}"; do
+		echo "- $(load_label "$load"): \`$(row_command "$load")\`"
+	done
+	echo
+	echo "redis req/s and p99 ms are redis-benchmark's own (-q --csv); the SET and GET tests"
+	echo "are separate runs, so CPU and drops are per test. iperf3's Gbit/s is what the receiver"
+	echo "got (the [SUM] receiver line with -P 4) and retransmits the sender's (Retr). rawlb"
+	echo "ring drops is how much rawlb_ring_drops_total grew during the load (frames the kernel"
+	echo "dropped because a receive ring was full), summed over rounds like the retransmissions;"
+	echo "the other columns are as in the first table."
+	echo
+	echo "| load | contender | req/s or Gbit/s | p99 ms | iperf3 retransmits | rawlb ring drops | client retrans SYN/all | LB CPU s | host CPU s (softirq) | other CPU s | req/s or Gbit/s by round |"
+	echo "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+	for load in "${NEW_ROWS[@]}"; do
+		for c in "${CONTENDERS[@]}"; do
+			k=$c/$load
+			local v=${RPS[$k]:-n/a} p99=${P99[$k]:-n/a} retr=-
+			case $load in iperf-*) v=${GBPS[$k]:-n/a} p99=- retr=${IPERFRETR[$k]:-n/a} ;; esac
+			printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$load" "$(label "$c")" \
+				"$v" "$p99" "$retr" "$([ "$c" = rawlb ] && echo "${RINGDROPS[$k]:-n/a}" || echo -)" \
+				"${RETRANS[$k]:-n/a}" "${LBCPU[$k]:--}" "${HOSTCPU[$k]:-n/a}" "${OTHERCPU[$k]:-n/a}" "${BYROUND[$k]:-n/a}"
+		done
+	done
+	echo
+	echo "rawlb's ratio to the kernel NAT (b) and to HAProxy (c), median round to median round,"
+	echo "of req/s (redis) or Gbit/s (iperf3); above 1 is better. CPU below 1 is better."
+	echo
+	echo "| load | vs (b) | vs (c) | p99 vs (b) | p99 vs (c) | CPU s vs HAProxy | vs (b) by round | vs (c) by round |"
+	echo "|---|--:|--:|--:|--:|--:|--:|--:|"
+	for load in "${NEW_ROWS[@]}"; do
+		printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$load" \
+			"$(ratio "$(primary "$load" "rawlb/$load")" "$(primary "$load" "knat/$load")")" \
+			"$(ratio "$(primary "$load" "rawlb/$load")" "$(primary "$load" "haproxy/$load")")" \
+			"$(ratio "${P99[rawlb/$load]:-}" "${P99[knat/$load]:-}")" \
+			"$(ratio "${P99[rawlb/$load]:-}" "${P99[haproxy/$load]:-}")" \
+			"$(ratio "${LBCPU[rawlb/$load]:-}" "${LBCPU[haproxy/$load]:-}")" \
+			"${RATIOS[knat/$load]:-n/a}" "${RATIOS[haproxy/$load]:-n/a}"
+	done
+	echo
+}
+
+report() {
+	local load c k
+	echo "## rawlb benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')"
+	echo
+	echo "Machine: $(nproc) cores ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), kernel $(uname -r)."
+	echo "Everything (load generators, backends, the balancer) shares these cores. Each wrk and"
+	echo "iperf3 load runs $DURATION; each contender gets a freshly built lab (switch, client,"
+	echo "backends, balancer) in each of $ROUNDS round(s); each round starts with the next contender"
+	echo "in turn. A contender serves one service at a time (http, redis, iperf) and is started"
+	echo "afresh, in a new balancer namespace, for each."
+	echo "The client namespace has net.ipv4.tcp_tw_reuse=1 (wrk's own TIME_WAITs would"
+	echo "otherwise make connect() the bottleneck); nginx has keepalive_requests 1000000,"
+	echo "HAProxy nbthread 1, maxconn 4096; rawlb runs with its defaults (-workers 0), but"
+	echo "for iperf3 with -hc-interval 1h (see scripts/bench.sh)."
+	# wrk -v exits 1, and pipefail is on: hence the || true.
+	local versions=("$("$RAWLB" -version 2>&1 | head -n 1 || true)" "$(haproxy -v | awk 'NR == 1 { print $1, $3 }' || true)")
+	! wants http || versions+=("$(nginx -v 2>&1 | sed 's/.*: //' || true)" "$(wrk -v 2>&1 | awk 'NR == 1 { print $1, $2 }' || true)")
+	! wants redis || versions+=("$(redis-server --version | awk '{ print $1, $2, $3 }' || true)")
+	! wants iperf || versions+=("$(iperf3 --version | awk 'NR == 1 { print $1, $2 }' || true)")
+	local line="" v
+	for v in "${versions[@]}"; do
+		line+="${line:+, }$v"
+	done
+	echo "$line."
+	echo
+	[ ${#LOADS[@]} -eq 0 ] || report_wrk
+	[ ${#NEW_ROWS[@]} -eq 0 ] || report_new
 	echo "### rawlb"
 	echo
 	echo "Its start line, and its warnings and errors over the whole run:"
@@ -726,7 +1063,7 @@ report() {
 	echo
 	echo "### rawlb counters that moved during each load (last round)"
 	echo
-	for load in "${LOADS[@]}"; do
+	for load in "${ROWS[@]}"; do
 		echo "$load:"
 		echo
 		echo '```'
@@ -764,7 +1101,7 @@ report() {
 
 # --- main ---
 
-log "labs $P*, work dir $WORK, $DURATION per load, $ROUNDS round(s)"
+log "labs $P*, work dir $WORK, loads ${picked[*]}, $DURATION per load, $ROUNDS round(s)"
 write_wrk_script
 for round in $(seq 1 "$ROUNDS"); do
 	# Round r starts with contender r-1 (mod their number), so that no
@@ -775,17 +1112,24 @@ for round in $(seq 1 "$ROUNDS"); do
 		log "=== round $round/$ROUNDS: $(label "$c")"
 		build_lab "$c"
 		start_backends
-		"start_$c"
-		for load in "${LOADS[@]}"; do
-			run_load "$c" "$load" "$round"
-			# Let FINs, TIME_WAITs and the backends settle between loads.
-			sleep 2
+		# The report shows the last round's start lines.
+		[ "$c" != rawlb ] || : >"$WORK/rawlb-started.txt"
+		for svc in "${SERVICES[@]}"; do
+			use_service "$svc"
+			"start_$c"
+			case $svc in
+			http)
+				for load in "${LOADS[@]}"; do
+					run_load "$c" "$load" "$round"
+					# Let FINs, TIME_WAITs and the backends settle between loads.
+					sleep 2
+				done
+				;;
+			redis) run_redis "$c" "$round" ;;
+			iperf) run_iperf "$c" "$round" ;;
+			esac
+			stop_service "$c"
 		done
-		if [ "$c" = rawlb ]; then
-			alive "$LB_PID" || log "rawlb is not running at the end: $(tail -n 20 "$WORK/rawlb.log")"
-			grep -m 1 'rawlb started' "$WORK/rawlb.log" >"$WORK/rawlb-started.txt" || true
-			grep -Ei 'level=(warn|error)|panic' "$WORK/rawlb.log" | head -n 20 >>"$WORK/rawlb-warnings.txt" || true
-		fi
 		stop_contender
 	done
 done
