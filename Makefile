@@ -1,5 +1,6 @@
 # rawlb build, test and lint entry points. `make test` is the README's test
-# command and what CI runs; the privileged tests need root.
+# command; CI (.ci/run) runs it with test-slow, test-race and check-deploy.
+# The privileged tests need root.
 # sudo's secure_path usually lacks Go's own directory: fall back to it.
 GO        ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 # Tests run go and make themselves (netlab builds the binary): keep Go on PATH.
@@ -9,21 +10,48 @@ LDFLAGS   := -s -w -X main.version=$(VERSION)
 GOFLAGS_B := -trimpath -ldflags '$(LDFLAGS)'
 BIN       := bin
 
-.PHONY: all build test test-unit lint fuzz bench-go clean
+.PHONY: all build test test-slow test-race test-unit check-deploy lint fuzz bench-go clean
 
 all: build
 
 build:
 	CGO_ENABLED=0 $(GO) build $(GOFLAGS_B) -o $(BIN)/ ./cmd/...
 
-# Unit tests run unprivileged; the end-to-end tests under rawlb/ need root.
+# Every test target prints its progress through internal/testprogress (a
+# line per package, a line per test in long packages, a failing test's
+# output in full) and exits with go test's status. Unit tests run
+# unprivileged; the end-to-end tests under rawlb/ need root, and
 # RAWLB_REQUIRE_PRIVILEGED=1 turns their skip into a failure.
+TESTPROGRESS = $(GO) run ./internal/testprogress -go $(GO) --
+
+# What a developer runs: vet, then every test but the slow ones, which
+# skip saying why: end-to-end tests named TestSlow* (test-slow; conventions
+# at the top of rawlb/e2e_test.go) and the deploy checks that build programs
+# or run make (check-deploy). Each runs only with its variable set.
 test:
 	$(GO) vet ./...
-	$(GO) test -count=1 ./...
+	$(TESTPROGRESS) -count=1 ./...
 
-test-unit:
-	$(GO) test -count=1 -race ./packet/... ./conntrack/... ./healthcheck/...
+test-slow:
+	RAWLB_SLOW_TESTS=1 $(TESTPROGRESS) -count=1 -run '^TestSlow' ./...
+
+# The race detector over every package but deploy (builds and make runs,
+# no concurrency of ours), so a new package is covered without editing
+# this. RAWLB_SKIP_E2E=1 skips the end-to-end tests: -race would watch the
+# test process, not the rawlb binary they start; -short trims what the
+# packages trim for it. -race needs cgo (gcc).
+RACE_PKGS = $(shell $(GO) list ./... | grep -v '/deploy$$')
+test-race:
+	RAWLB_SKIP_E2E=1 $(TESTPROGRESS) -count=1 -race -short $(RACE_PKGS)
+
+# The old name of test-race.
+test-unit: test-race
+
+# deploy/'s checks in full: cross builds, make install, and every flag,
+# address and port of the compose, Dockerfile and systemd files checked
+# against the built programs.
+check-deploy:
+	RAWLB_DEPLOY_CHECKS=1 $(TESTPROGRESS) -count=1 ./deploy
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -34,9 +62,15 @@ lint:
 fuzz:
 	$(GO) test ./packet -run '^$$' -fuzz FuzzParse -fuzztime 30s
 	$(GO) test ./packet -run '^$$' -fuzz FuzzRewrite -fuzztime 30s
+	$(GO) test ./packet -run '^$$' -fuzz FuzzSYNOptions -fuzztime 30s
+	$(GO) test ./syncookie -run '^$$' -fuzz FuzzCookie -fuzztime 30s
+	$(GO) test ./config -run '^$$' -fuzz FuzzParse -fuzztime 30s
+	$(GO) test ./firewall -run '^$$' -fuzz FuzzParseRecord -fuzztime 30s
+	$(GO) test ./healthcheck -run '^$$' -fuzz FuzzExpect -fuzztime 30s
+	$(GO) test ./healthcheck -run '^$$' -fuzz FuzzHTTPReply -fuzztime 30s
 
 bench-go:
-	$(GO) test -run '^$$' -bench . -benchmem ./packet/... ./conntrack/...
+	$(GO) test -run '^$$' -bench . -benchmem ./packet/... ./syncookie/... ./conntrack/...
 
 clean:
 	rm -rf $(BIN) dist
@@ -76,6 +110,19 @@ install: build
 	else \
 		install -m 0644 deploy/systemd/rawlb.env $(DESTDIR)/etc/default/rawlb; \
 	fi
+
+# --- Container image (deploy/docker/) ---
+
+# rawlb:latest and rawlb:demo (deploy/docker-compose.yml's), FROM scratch
+# around the static binaries of `build` plus idle (the compose client
+# container's command: scratch has no sleep), with $(BIN) as the context: no
+# base image, no registry, no network during the build. DOCKER picks the
+# client, DOCKER_HOST the engine.
+DOCKER ?= docker
+.PHONY: image
+image: build
+	CGO_ENABLED=0 $(GO) build $(GOFLAGS_B) -o $(BIN)/ ./deploy/docker/idle
+	$(DOCKER) build --network none -f deploy/docker/Dockerfile --label org.opencontainers.image.version=$(VERSION) -t rawlb:latest -t rawlb:demo $(BIN)
 
 # --- Demo ---
 

@@ -79,9 +79,22 @@ var (
 	built   = map[string]string{}
 )
 
+// slowCheck skips t unless RAWLB_DEPLOY_CHECKS=1, which `make
+// check-deploy` (and so CI) sets: the checks that build programs or run make
+// for real take minutes on a cold build cache (three platforms, three
+// commands each), too long for `make test`. A test may call it after its
+// quick checks: those still run in `make test`.
+func slowCheck(t *testing.T, what string) {
+	t.Helper()
+	if os.Getenv("RAWLB_DEPLOY_CHECKS") != "1" {
+		t.Skipf("%s: slow, so only make check-deploy runs it (RAWLB_DEPLOY_CHECKS=1)", what)
+	}
+}
+
 // buildProgram builds ./cmd/<name> once and returns the binary's path.
 func buildProgram(t *testing.T, name string) string {
 	t.Helper()
+	slowCheck(t, "builds ./cmd/"+name)
 	buildMu.Lock()
 	defer buildMu.Unlock()
 	if bin, ok := built[name]; ok {

@@ -15,6 +15,7 @@ import (
 // the unit expects them, and keeps an admin's existing settings.
 func TestMakeInstall(t *testing.T) {
 	requireRawlb(t)
+	slowCheck(t, "runs make build and make install")
 	bin := t.TempDir() // `make build` output, kept out of the work tree
 	for _, prefix := range []string{"", "/usr"} {
 		destdir := t.TempDir()
@@ -91,9 +92,7 @@ func strip(unit string) string {
 // `make cross` builds static binaries of every command for amd64, arm64 and
 // ARMv7, with the version stamped in by the build target's LDFLAGS.
 func TestMakeCross(t *testing.T) {
-	if testing.Short() {
-		t.Skip("cross-compiles every command three times")
-	}
+	slowCheck(t, "cross-compiles every command for three platforms")
 	const version = "test-cross-1.2.3"
 	ldflags := strings.Fields(makeVar(t, "LDFLAGS", "VERSION="+version))
 	dist := t.TempDir()

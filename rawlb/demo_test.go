@@ -16,6 +16,7 @@ import (
 // It narrates on stdout (shown with -v) and checks what it narrates, so it
 // also runs as an ordinary end-to-end test.
 func TestDemo(t *testing.T) {
+	t.Parallel()
 	say := func(format string, a ...any) {
 		if testing.Verbose() {
 			fmt.Fprintf(os.Stdout, "demo: "+format+"\n", a...)
@@ -46,8 +47,8 @@ func TestDemo(t *testing.T) {
 
 	say("stopping backend-2 ...")
 	s.backends[1].Stop()
-	label := fmt.Sprintf(`rawlb_backend_up{backend="%s:%d"}`, s.lab.Backends[1].IP, backendPort)
-	netlab.WaitFor(t, 5*time.Second, "backend-2 down", func() bool { return s.metric(t, label) == 0 })
+	be2 := fmt.Sprintf("%s:%d", s.lab.Backends[1].IP, backendPort)
+	netlab.WaitFor(t, 5*time.Second, "backend-2 down", func() bool { return s.metric(t, "rawlb_backend_up", "backend", be2) == 0 })
 	say("rawlb noticed: %s", lastLine(s.lb.Output(), "backend down"))
 	if c := round(6); c["backend-2"] != 0 {
 		t.Fatalf("connections went to the stopped backend: %v", c)
@@ -55,13 +56,13 @@ func TestDemo(t *testing.T) {
 
 	say("starting backend-2 again ...")
 	s.backends[1].Start()
-	netlab.WaitFor(t, 5*time.Second, "backend-2 up", func() bool { return s.metric(t, label) == 1 })
+	netlab.WaitFor(t, 5*time.Second, "backend-2 up", func() bool { return s.metric(t, "rawlb_backend_up", "backend", be2) == 1 })
 	say("rawlb noticed: %s", lastLine(s.lb.Output(), "backend up"))
 	if c := round(6); c["backend-2"] == 0 {
 		t.Fatalf("backend-2 is back but took no connection: %v", c)
 	}
 	say("metrics: %v packets to backends, %v to clients, %v flows created",
-		s.metric(t, `rawlb_packets_total{direction="to_backend"}`), s.metric(t, `rawlb_packets_total{direction="to_client"}`),
+		s.metric(t, "rawlb_packets_total", "direction", "to_backend"), s.metric(t, "rawlb_packets_total", "direction", "to_client"),
 		s.metric(t, "rawlb_flows_created_total"))
 	say("done; the namespaces are removed as the test ends")
 }

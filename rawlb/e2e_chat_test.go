@@ -19,6 +19,8 @@ import (
 // each other, so each message must reach exactly the clients that rawlb
 // sent to the same server, each once, and no one else.
 func TestChatBehindRawlb(t *testing.T) {
+	t.Parallel()
+	skipE2E(t)
 	lab := netlab.New(t, netlab.Options{Backends: 3})
 	servers := make([]*chat.Server, len(lab.Backends))
 	for i, h := range lab.Backends {

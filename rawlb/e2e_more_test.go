@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -43,8 +42,8 @@ func (s *setup) waitBackendFlows(t *testing.T, want map[string]int) {
 	t.Helper()
 	netlab.WaitFor(t, 15*time.Second, fmt.Sprintf("live flows per backend %v", want), func() bool {
 		for i, h := range s.lab.Backends {
-			label := fmt.Sprintf(`rawlb_backend_flows{backend="%s:%d"}`, h.IP, backendPort)
-			if int(s.metric(t, label)) != want[fmt.Sprintf("backend-%d", i+1)] {
+			be := fmt.Sprintf("%s:%d", h.IP, backendPort)
+			if int(s.metric(t, "rawlb_backend_flows", "backend", be)) != want[fmt.Sprintf("backend-%d", i+1)] {
 				return false
 			}
 		}
@@ -53,6 +52,7 @@ func (s *setup) waitBackendFlows(t *testing.T, want map[string]int) {
 }
 
 func TestLeastConnections(t *testing.T) {
+	t.Parallel()
 	s := start(t, "-algo", "lc")
 	conns := map[string][]net.Conn{}
 	defer func() {
@@ -97,14 +97,16 @@ func TestLeastConnections(t *testing.T) {
 		}
 		s.waitBackendFlows(t, map[string]int{"backend-1": len(conns["backend-1"]), "backend-2": len(conns["backend-2"]), "backend-3": len(conns["backend-3"])})
 	}
-	for name, cs := range conns {
-		if len(cs) != 2 {
-			t.Errorf("%s holds %d connections, want 2 after six least-connections picks", name, len(cs))
+	for i := 1; i <= 3; i++ {
+		name := fmt.Sprintf("backend-%d", i)
+		if n := len(conns[name]); n != 2 {
+			t.Errorf("%s holds %d connections, want 2 after six least-connections picks", name, n)
 		}
 	}
 }
 
 func TestLargeTransfers(t *testing.T) {
+	t.Parallel()
 	s := start(t)
 	const size = 64 << 20
 	t.Run("download", func(t *testing.T) {
@@ -140,6 +142,7 @@ func TestConcurrentEcho(t *testing.T) {
 	// Two workers, so the fanout path (a flow's two directions handled
 	// by different workers) carries this load; the default on small
 	// machines is one.
+	t.Parallel()
 	s := start(t, "-workers", "2")
 	const conns, size = 200, 1 << 20
 	var wg sync.WaitGroup
@@ -181,25 +184,38 @@ func TestConcurrentEcho(t *testing.T) {
 	for n := range perBackend {
 		count[n]++
 	}
-	for _, n := range count {
-		if n < 60 {
-			t.Errorf("200 connections spread unevenly: %v", count)
-			break
+	// Round robin deals 66 or 67 to each; by name, so that a backend that
+	// got none is caught too.
+	for i := 1; i <= 3; i++ {
+		if n := count[fmt.Sprintf("backend-%d", i)]; n < 60 {
+			t.Errorf("200 connections spread unevenly: backend-%d got %d (all: %v)", i, n, count)
 		}
 	}
 }
 
 func TestHealthChecks(t *testing.T) {
-	const interval, fall = 500 * time.Millisecond, 3
-	s := start(t, "-hc-interval", interval.String(), "-hc-fall", strconv.Itoa(fall), "-hc-rise", "2")
-	down := fmt.Sprintf(`rawlb_backend_up{backend="%s:%d"}`, s.lab.Backends[1].IP, backendPort)
+	const interval, fall, rise = 500 * time.Millisecond, 3, 2
+	t.Parallel()
+	s := start(t, "-hc-interval", interval.String(), "-hc-fall", strconv.Itoa(fall), "-hc-rise", strconv.Itoa(rise))
+	be2 := fmt.Sprintf("%s:%d", s.lab.Backends[1].IP, backendPort)
+	fails := func() float64 { return s.metric(t, "rawlb_healthcheck_total", "backend", be2, "result", "fail") }
 
+	failsBefore := fails()
 	s.backends[1].Stop()
 	stopped := time.Now()
 	// The bound is the feature: a backend is out of rotation within
-	// interval x fall plus one second.
-	netlab.WaitFor(t, interval*fall+time.Second, "backend-2 marked down", func() bool { return s.metric(t, down) == 0 })
-	t.Logf("backend-2 marked down %v after it stopped", time.Since(stopped).Round(time.Millisecond))
+	// interval x fall plus one second. It is checked on rawlb's own clock
+	// (the time of its log line), not by how soon a scrape sees it: on two
+	// cores shared with other tests a scrape can take a second by itself.
+	netlab.WaitFor(t, 15*time.Second, "backend-2 marked down", func() bool { return s.metric(t, "rawlb_backend_up", "backend", be2) == 0 })
+	if n := fails() - failsBefore; n < fall {
+		t.Errorf("backend-2 marked down after %v failed checks, want -hc-fall = %d", n, fall)
+	}
+	down := s.logTime(t, "backend down", be2, stopped)
+	t.Logf("backend-2 marked down %v after it stopped", down.Sub(stopped).Round(time.Millisecond))
+	if took := down.Sub(stopped); took > interval*fall+time.Second {
+		t.Errorf("backend-2 marked down %v after it stopped, want within %v", took, interval*fall+time.Second)
+	}
 	for i := 0; i < 9; i++ {
 		c, name := s.dial(t)
 		c.Close()
@@ -209,7 +225,11 @@ func TestHealthChecks(t *testing.T) {
 	}
 
 	s.backends[1].Start()
-	netlab.WaitFor(t, interval*3+time.Second, "backend-2 up again", func() bool { return s.metric(t, down) == 1 })
+	started := time.Now()
+	netlab.WaitFor(t, 15*time.Second, "backend-2 up again", func() bool { return s.metric(t, "rawlb_backend_up", "backend", be2) == 1 })
+	if took := s.logTime(t, "backend up", be2, started).Sub(started); took > interval*(rise+1)+time.Second {
+		t.Errorf("backend-2 back up %v after it restarted, want within %v", took, interval*(rise+1)+time.Second)
+	}
 	seen := false
 	for i := 0; i < 3; i++ {
 		c, name := s.dial(t)
@@ -223,16 +243,45 @@ func TestHealthChecks(t *testing.T) {
 	for _, b := range s.backends {
 		b.Stop()
 	}
-	netlab.WaitFor(t, interval*fall+time.Second, "every backend down", func() bool { return s.metric(t, "rawlb_backend_up") == 0 })
+	netlab.WaitFor(t, 15*time.Second, "every backend down", func() bool { return s.metric(t, "rawlb_backend_up") == 0 })
+	resets := s.metric(t, "rawlb_resets_sent_total")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_, err := s.lab.Client.Dial(ctx, "tcp", s.vip)
 	if !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Fatalf("connect with every backend down: %v, want connection refused (a RST from rawlb, not a timeout)", err)
 	}
-	if n := s.metric(t, "rawlb_resets_sent_total"); n < 1 {
-		t.Fatalf("rawlb_resets_sent_total = %v after refusing a SYN", n)
+	if n := s.metric(t, "rawlb_resets_sent_total") - resets; n < 1 {
+		t.Fatalf("rawlb_resets_sent_total grew by %v after refusing a SYN", n)
 	}
+}
+
+// logTime returns the time rawlb logged msg for backend at or after
+// since, waiting a little for the line: the gauge a test polls may flip
+// just before the line is written.
+func (s *setup) logTime(t *testing.T, msg, backend string, since time.Time) time.Time {
+	t.Helper()
+	// slog's text handler writes milliseconds: compare at that precision.
+	since = since.Truncate(time.Millisecond)
+	var at time.Time
+	netlab.WaitFor(t, 5*time.Second, fmt.Sprintf("rawlb to log %q for %s", msg, backend), func() bool {
+		for _, line := range strings.Split(s.lb.Output(), "\n") {
+			if !strings.Contains(line, fmt.Sprintf("msg=%q", msg)) || !strings.Contains(line, " backend="+backend+" ") {
+				continue
+			}
+			ts, _, _ := strings.Cut(strings.TrimPrefix(line, "time="), " ")
+			when, err := time.Parse(time.RFC3339Nano, ts)
+			if err != nil {
+				t.Fatalf("rawlb log line without a time: %q", line)
+			}
+			if !when.Before(since) {
+				at = when
+				return true
+			}
+		}
+		return false
+	})
+	return at
 }
 
 func TestFlowsDrainAndKernelStaysQuiet(t *testing.T) {
@@ -240,9 +289,10 @@ func TestFlowsDrainAndKernelStaysQuiet(t *testing.T) {
 	// and a test backend's greeting left unread makes that stack close
 	// with a RST of its own. An hour between checks keeps them out of the
 	// count; the first two rounds run at start.
+	t.Parallel()
 	s := start(t, "-hc-interval", "1h", "-hc-timeout", "1s", "-closing-timeout", "2s")
 	netlab.WaitFor(t, 10*time.Second, "the start-up health checks done", func() bool {
-		return s.metric(t, `rawlb_healthcheck_total`) >= 6
+		return s.metric(t, "rawlb_healthcheck_total", "result", "ok") >= 6
 	})
 	before := s.lab.Balancer.Snmp(t)["Tcp.OutRsts"]
 	var wg sync.WaitGroup
@@ -250,9 +300,19 @@ func TestFlowsDrainAndKernelStaysQuiet(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c, _ := s.dial(t)
+			// Not s.dial: t.Fatal must not be called off the test's goroutine.
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			c, err := s.lab.Client.Dial(ctx, "tcp", s.vip)
+			if err != nil {
+				t.Error(err)
+				return
+			}
 			defer c.Close()
-			if err := netlab.EchoRoundTrip(c, bytes.Repeat([]byte("x"), 100_000)); err != nil {
+			_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+			if _, err := netlab.Hello(c); err != nil {
+				t.Error(err)
+			} else if err := netlab.EchoRoundTrip(c, bytes.Repeat([]byte("x"), 100_000)); err != nil {
 				t.Error(err)
 			}
 		}()
@@ -279,6 +339,7 @@ func (s *setup) frame(t *testing.T, ip *layers.IPv4, l4 gopacket.SerializableLay
 }
 
 func TestStrayAndMalformedFrames(t *testing.T) {
+	t.Parallel()
 	s := start(t)
 	pc := s.lab.Client.PacketConn(t)
 	mk := func(flags func(*layers.TCP), mod func([]byte) []byte) []byte {
@@ -313,7 +374,7 @@ func TestStrayAndMalformedFrames(t *testing.T) {
 	}
 	base := map[string]float64{}
 	for r := range want {
-		base[r] = s.metric(t, fmt.Sprintf(`rawlb_drops_total{reason="%s"}`, r))
+		base[r] = s.metric(t, "rawlb_drops_total", "reason", r)
 	}
 	for _, c := range cases {
 		if err := pc.Send(c.frame); err != nil {
@@ -323,13 +384,12 @@ func TestStrayAndMalformedFrames(t *testing.T) {
 	t.Cleanup(func() {
 		if t.Failed() {
 			for r := range want {
-				t.Logf("drops %s: %v (was %v)", r, s.metric(t, fmt.Sprintf(`rawlb_drops_total{reason="%s"}`, r)), base[r])
+				t.Logf("drops %s: %v (was %v)", r, s.metric(t, "rawlb_drops_total", "reason", r), base[r])
 			}
 		}
 	})
 	for r, n := range want {
-		label := fmt.Sprintf(`rawlb_drops_total{reason="%s"}`, r)
-		netlab.WaitFor(t, 5*time.Second, fmt.Sprintf("%v more drops for %s", n, r), func() bool { return s.metric(t, label)-base[r] >= n })
+		netlab.WaitFor(t, 5*time.Second, fmt.Sprintf("%v more drops for %s", n, r), func() bool { return s.metric(t, "rawlb_drops_total", "reason", r)-base[r] >= n })
 	}
 	// Still serving.
 	c, _ := s.dial(t)
@@ -340,6 +400,7 @@ func TestStrayAndMalformedFrames(t *testing.T) {
 }
 
 func TestSIGTERMRemovesRules(t *testing.T) {
+	t.Parallel()
 	s := start(t)
 	lb := s.lab.Balancer
 	if out := lb.Run(t, "nft", "list", "tables"); !strings.Contains(out, "rawlb_20000") {
@@ -364,6 +425,7 @@ func TestSIGTERMRemovesRules(t *testing.T) {
 }
 
 func TestBadCommandLine(t *testing.T) {
+	t.Parallel()
 	bin := netlab.BuildBinary(t, "github.com/rawlb/rawlb/cmd/rawlb")
 	cases := []struct {
 		args []string
@@ -397,13 +459,15 @@ func TestBadCommandLine(t *testing.T) {
 			t.Errorf("%v: stderr %q, want one line containing %q", c.args, out, c.want)
 		}
 	}
-	// The original's "ip port" pairs are accepted, as is -version.
-	if out, err := exec.Command(bin, "-version").CombinedOutput(); err != nil || !strings.HasPrefix(string(out), "rawlb ") {
-		t.Errorf("-version: %q %v", out, err)
+	// -version prints and exits 0 (the original's "ip port" pairs are
+	// TestIPPortPairs, and cmd/rawlb's unit tests).
+	if out, err := exec.Command(bin, "-version").CombinedOutput(); err != nil || !strings.HasPrefix(string(out), "rawlb ") || strings.Count(string(out), "\n") != 1 {
+		t.Errorf("-version: %q %v, want one line \"rawlb VERSION\" and status 0", out, err)
 	}
 }
 
 func TestRunTimeErrors(t *testing.T) {
+	t.Parallel()
 	bin := netlab.BuildBinary(t, "github.com/rawlb/rawlb/cmd/rawlb")
 	lab := netlab.New(t, netlab.Options{Backends: 1})
 	lb := lab.Balancer
@@ -433,19 +497,23 @@ func TestRunTimeErrors(t *testing.T) {
 			t.Errorf("%v: stderr %q, want one line containing %q", c.args, out, c.want)
 		}
 	}
-	if os.Geteuid() == 0 {
-		// Without CAP_NET_RAW the error names the capability.
-		cmd := lb.Command(context.Background(), "setpriv", "--inh-caps=-all", "--bounding-set=-net_raw,-net_admin", bin, lb.IP.String(), be)
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		_ = cmd.Run()
-		if out := stderr.String(); !strings.Contains(out, "CAP_NET_RAW") || !strings.Contains(out, "CAP_NET_ADMIN") {
-			t.Errorf("without capabilities: %q, want both named", out)
-		}
+	// Without CAP_NET_RAW and CAP_NET_ADMIN the error names both. (The lab
+	// already required root, which setpriv needs to drop them.)
+	cmd := lb.Command(context.Background(), "setpriv", "--inh-caps=-all", "--bounding-set=-net_raw,-net_admin", bin, lb.IP.String(), be)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+		t.Errorf("without capabilities: exit %v, want status 1", err)
+	}
+	if out := stderr.String(); !strings.Contains(out, "CAP_NET_RAW") || !strings.Contains(out, "CAP_NET_ADMIN") {
+		t.Errorf("without capabilities: %q, want both named", out)
 	}
 }
 
 func TestICMPFragNeededTranslated(t *testing.T) {
+	t.Parallel()
 	s := start(t)
 	c, name := s.hold(t)
 	defer c.Close()
@@ -456,15 +524,21 @@ func TestICMPFragNeededTranslated(t *testing.T) {
 			be = s.lab.Backends[i]
 		}
 	}
-	// The NAT port rawlb chose, as the backend sees it.
+	if be == nil {
+		t.Fatalf("greeting names %q, which is none of the backends", name)
+	}
+	// The NAT port rawlb chose, as the backend sees it: from srcIP and in
+	// the NAT range (40000-59999 by default), which tells it from a health
+	// check's connection, also from srcIP but from an ephemeral port.
 	var natPort uint16
 	netlab.WaitFor(t, 5*time.Second, "the connection in the backend's socket table", func() bool {
 		out := be.Run(t, "ss", "-Htn", "state", "established", fmt.Sprintf("( sport = :%d )", backendPort))
 		for _, f := range strings.Fields(out) {
 			if p, ok := strings.CutPrefix(f, s.lab.Balancer.IP.String()+":"); ok {
-				n, _ := strconv.Atoi(p)
-				natPort = uint16(n)
-				return true
+				if n, err := strconv.Atoi(p); err == nil && n >= 40000 && n <= 59999 {
+					natPort = uint16(n)
+					return true
+				}
 			}
 		}
 		return false
@@ -477,7 +551,9 @@ func TestICMPFragNeededTranslated(t *testing.T) {
 		tcp := &layers.TCP{SrcPort: layers.TCPPort(natPort), DstPort: backendPort, Seq: 12345, ACK: true, Window: 500}
 		_ = tcp.SetNetworkLayerForChecksum(ip)
 		buf := gopacket.NewSerializeBuffer()
-		_ = gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, ip, tcp, gopacket.Payload(make([]byte, 1400)))
+		if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, ip, tcp, gopacket.Payload(make([]byte, 1400))); err != nil {
+			t.Fatal(err)
+		}
 		return buf.Bytes()[:20+28]
 	}()
 	eth := &layers.Ethernet{SrcMAC: be.MAC, DstMAC: s.lab.Balancer.MAC, EthernetType: layers.EthernetTypeIPv4}
@@ -519,22 +595,32 @@ func TestICMPFragNeededTranslated(t *testing.T) {
 	}
 }
 
-// TestNATPortReuseIntoTimeWait drives connections through a small NAT
+// TestSlowNATPortReuseIntoTimeWait drives connections through a small NAT
 // range so that every port is reused toward a backend that still holds the
 // previous connection on it in TIME_WAIT (backends close first here, as
 // HTTP servers do with Connection: close). Linux gives each connection its
 // own timestamp offset, so without rawlb's timestamp offset about half the
 // reused SYNs would be refused as PAWS failures and retried a second later.
-func TestNATPortReuseIntoTimeWait(t *testing.T) {
+//
+// Slow: 6,000 connections. It counts SYN retransmissions, which a SYN
+// delayed past the client's 1 s timer would cause, yet it ran clean in
+// parallel with the whole suite (eight runs, -parallel 2 and 8, on two
+// loaded cores), so it runs in parallel too.
+func TestSlowNATPortReuseIntoTimeWait(t *testing.T) {
+	slowTest(t)
+	t.Parallel()
 	natPortReuse(t, true)
 }
 
-// TestNATPortReuseWithoutTimestamps is the same for a client that sends no
+// TestSlowNATPortReuseWithoutTimestamps is the same for a client that sends no
 // TCP timestamps (Windows' default): the backend's TIME_WAIT then accepts
 // a SYN only beyond the old connection's last sequence number, and Linux
 // picks each connection's ISN at random, so without rawlb's sequence
 // offset about half the reused SYNs would get a stale ACK.
-func TestNATPortReuseWithoutTimestamps(t *testing.T) {
+// Slow and parallel, as TestSlowNATPortReuseIntoTimeWait.
+func TestSlowNATPortReuseWithoutTimestamps(t *testing.T) {
+	slowTest(t)
+	t.Parallel()
 	natPortReuse(t, false)
 }
 
@@ -542,6 +628,12 @@ func natPortReuse(t *testing.T, timestamps bool) {
 	s := start(t, "-nat-ports", "40000-40999", "-closing-timeout", "100ms")
 	if !timestamps {
 		s.lab.Client.Run(t, "sh", "-c", "echo 0 > /proc/sys/net/ipv4/tcp_timestamps")
+		// tcp_timestamps is per network namespace, so this touches only
+		// the lab's client; read it back, or the test would quietly run
+		// with timestamps again.
+		if v := strings.TrimSpace(s.lab.Client.Run(t, "cat", "/proc/sys/net/ipv4/tcp_timestamps")); v != "0" {
+			t.Fatalf("client's tcp_timestamps is %q after setting it to 0", v)
+		}
 	}
 	const conns, workers = 6000, 4
 	var wg sync.WaitGroup

@@ -2,7 +2,10 @@
 # Installs the Debian/Ubuntu packages rawlb's tests and demo need, and fetches
 # the Go modules. Needs root (apt-get). Go itself must already be installed.
 set -euo pipefail
-need=(make iproute2 iptables nftables ethtool procps util-linux)
+# gcc and libc6-dev: -race needs cgo (make test-race). ca-certificates: Go
+# modules come over HTTPS. git: make lint lists the files, make stamps the
+# version. systemd: deploy's check runs systemd-analyze verify on the unit.
+need=(make iproute2 iptables nftables ethtool procps util-linux gcc libc6-dev ca-certificates git systemd)
 missing=()
 for p in "${need[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
