@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -12,6 +13,8 @@ import (
 	"testing"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/rawlb/rawlb/internal/testenv"
 )
 
 // The original project's layout: chat servers on these ports, the balancer
@@ -20,6 +23,10 @@ var (
 	originalChatPorts = []int{8090, 8091, 8092}
 	originalLBPort    = 20000
 )
+
+// progIdle is the client container's command, deploy/docker/idle: the
+// image has no shell and no sleep.
+const progIdle = "idle"
 
 // composeFile is the part of the compose specification the demo uses.
 type composeFile struct {
@@ -303,29 +310,74 @@ func TestComposeLayout(t *testing.T) {
 
 	var clients []string
 	for name, s := range c.Services {
-		if slices.Equal(s.argv(), []string{"sleep", "infinity"}) {
+		if slices.Equal(s.argv(), []string{progIdle}) {
 			clients = append(clients, name)
 		}
 	}
 	if len(clients) != 1 {
-		t.Errorf("services that sleep for `docker compose exec client chatclient ...`: %v, want one", clients)
+		t.Errorf("services that idle for `docker compose exec client chatclient ...`: %v, want one", clients)
 	}
 
-	// Every service runs the image built from the repository's Dockerfile.
+	// Every service runs the image `make image` tags, and none has a build
+	// section: compose cannot make the binaries the build copies.
+	r, err := parseImageRecipe(runMake(t, "-n", "image"))
+	if err != nil || r.docker == nil {
+		t.Fatalf("make -n image: %v (docker build: %v)", err, r.docker)
+	}
 	for name, s := range c.Services {
-		df := filepath.Join(repoRoot, "deploy", s.Build.Context, s.Build.Dockerfile)
-		if s.Build.Dockerfile == "" {
-			df = filepath.Join(repoRoot, "deploy", s.Build.Context, "Dockerfile")
+		if !slices.Contains(r.docker.tags, s.Image) {
+			t.Errorf("service %s runs image %q; make image tags %v", name, s.Image, r.docker.tags)
 		}
-		if s.Build.Context == "" {
-			t.Errorf("service %s has no build section", name)
-		} else if df != repoPath("deploy", "docker", "Dockerfile") {
-			t.Errorf("service %s builds from %s, want deploy/docker/Dockerfile", name, df)
-		}
-		if _, err := os.Stat(filepath.Join(repoRoot, "deploy", s.Build.Context, "go.mod")); err != nil {
-			t.Errorf("service %s: build context %q is not the repository root", name, s.Build.Context)
+		if s.Build != (composeBuild{}) {
+			t.Errorf("service %s has a build section %+v: compose would build without the binaries make image builds", name, s.Build)
 		}
 	}
+}
+
+// The file is in the format both Compose v1 (docker-compose 1.x, which
+// Debian 12 ships) and Compose v2 read, and each one installed here
+// accepts it.
+func TestComposeFileFormat(t *testing.T) {
+	var top map[string]yaml.Node
+	if err := yaml.Unmarshal([]byte(readRepoFile(t, "deploy", "docker-compose.yml")), &top); err != nil {
+		t.Fatal(err)
+	}
+	// A string: Compose v1 rejects the number 2.4.
+	if v := top["version"]; v.Value != "2.4" || v.ShortTag() != "!!str" {
+		t.Errorf("version %s %q, want the string \"2.4\"", v.ShortTag(), v.Value)
+	}
+	for k := range top {
+		switch {
+		case k == "version" || k == "services" || k == "networks" || k == "volumes":
+		case strings.HasPrefix(k, "x-"): // extension fields, 2.1 and later
+		default:
+			t.Errorf("top-level key %q: not in compose format 2.4", k)
+		}
+	}
+
+	// `config -q` validates the file (v1 against its 2.4 schema) without
+	// an engine.
+	slowCheck(t, "runs docker-compose config")
+	var ran []string
+	for _, argv := range [][]string{{"docker-compose"}, {"docker", "compose"}} {
+		if exec.Command(argv[0], append(argv[1:], "version")...).Run() != nil {
+			continue
+		}
+		args := append(slices.Clone(argv[1:]), "-f", repoPath("deploy", "docker-compose.yml"), "config", "-q")
+		out, err := exec.Command(argv[0], args...).CombinedOutput()
+		if err != nil {
+			t.Errorf("%s: %v\n%s", strings.Join(slices.Concat(argv[:1], args), " "), err, out)
+		}
+		ran = append(ran, strings.Join(argv, " "))
+	}
+	if len(ran) == 0 {
+		msg := "neither docker-compose nor docker compose is installed (bash scripts/docker-deps.sh installs Debian's docker-compose)"
+		if os.Getenv(testenv.RequireEnv) == "1" {
+			t.Fatalf("%s, and %s=1 forbids skipping", msg, testenv.RequireEnv)
+		}
+		t.Skip(msg)
+	}
+	t.Logf("validated by %v", ran)
 }
 
 // rawlb's command line holds up: real flags, its own address as the source
@@ -513,7 +565,7 @@ func TestComposeChatCommands(t *testing.T) {
 	}
 	for name, s := range c.Services {
 		switch s.program() {
-		case progChatserver, progRawlb, "sleep":
+		case progChatserver, progRawlb, progIdle:
 		default:
 			t.Errorf("service %s runs %q, which this test does not know how to check", name, s.program())
 		}

@@ -3,6 +3,7 @@ package deploy
 import (
 	"fmt"
 	"maps"
+	"os/exec"
 	"path"
 	"regexp"
 	"slices"
@@ -89,102 +90,242 @@ func stages(ins []instruction) []stage {
 	return out
 }
 
-// buildSpec is what a Dockerfile's build of the binaries amounts to.
-type buildSpec struct {
-	env   map[string]string // CGO_ENABLED and the like
-	flags map[string]string // -trimpath, -ldflags, ...
-	bin   string            // where the binaries land
+// classicInstructions are the Dockerfile instructions that Docker's classic
+// builder (Debian 12's docker.io 20.10 without BuildKit) knows.
+var classicInstructions = map[string]bool{
+	"FROM": true, "COPY": true, "ADD": true, "ENV": true, "ARG": true, "LABEL": true,
+	"CMD": true, "ENTRYPOINT": true, "WORKDIR": true, "USER": true, "EXPOSE": true,
+	"VOLUME": true, "STOPSIGNAL": true, "HEALTHCHECK": true, "SHELL": true, "RUN": true,
 }
 
-var argRefRE = regexp.MustCompile(`\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?`)
+// syntaxDirectiveRE matches a "# syntax=" parser directive, which makes
+// BuildKit pull a frontend image from a registry before it reads a line.
+var syntaxDirectiveRE = regexp.MustCompile(`(?im)^\s*#\s*syntax\s*=`)
 
-// builderSpec finds the RUN that builds the binaries and works out the flags
-// it builds with. `make build` is resolved by make's dry run with the same
-// variables, so a Dockerfile that runs it is checked for what it really
-// does; a plain `go build` is read as written. ARG references are replaced
-// by the ARG defaults.
-func builderSpec(t *testing.T, st stage) (buildSpec, error) {
-	for _, in := range st.body {
-		if in.cmd != "RUN" {
-			continue
+// imageFiles returns the files the Dockerfile copies into the image and
+// the directory they go to, and checks the rules that let it build
+// anywhere: no registry (FROM scratch, no syntax directive, no ADD of a
+// URL), the classic builder (no BuildKit-only instruction or flag), and
+// no RUN (scratch has no shell, and an exec-form RUN would need a binary
+// the image does not have yet).
+func imageFiles(text string) (files []string, dest, pathEnv string, problems []string) {
+	if syntaxDirectiveRE.MatchString(text) {
+		problems = append(problems, "a # syntax= directive: BuildKit would pull its frontend from a registry")
+	}
+	ins, err := parseDockerfile(text)
+	if err != nil {
+		return nil, "", "", append(problems, err.Error())
+	}
+	sts := stages(ins)
+	if len(sts) != 1 || sts[0].image != "scratch" {
+		var froms []string
+		for _, st := range sts {
+			froms = append(froms, st.image)
 		}
-		cmd := argRefRE.ReplaceAllStringFunc(in.args, func(ref string) string {
-			name := argRefRE.FindStringSubmatch(ref)[1]
-			if v, ok := st.args[name]; ok {
-				return v
+		problems = append(problems, fmt.Sprintf("stages FROM %v, want one FROM scratch: any other base image comes from a registry", froms))
+	}
+	for _, in := range ins {
+		if !classicInstructions[in.cmd] {
+			problems = append(problems, fmt.Sprintf("line %d: %s is not an instruction the classic builder knows", in.line, in.cmd))
+		}
+		switch in.cmd {
+		case "RUN":
+			problems = append(problems, fmt.Sprintf("line %d: RUN in an image FROM scratch, which has no shell", in.line))
+		case "ADD":
+			if strings.Contains(in.args, "://") {
+				problems = append(problems, fmt.Sprintf("line %d: ADD of a URL fetches from the network during the build", in.line))
 			}
-			return ref
-		})
-		words, err := shellWords(cmd)
-		if err != nil {
-			return buildSpec{}, fmt.Errorf("line %d: %v", in.line, err)
-		}
-		if i := slices.Index(words, "make"); i >= 0 && slices.Contains(words[i+1:], "build") {
-			vars := map[string]string{}
-			for _, w := range words[i+1:] {
-				if k, v, ok := strings.Cut(w, "="); ok {
-					vars[k] = v
+		case "ENV":
+			// ENV PATH=... or the old ENV PATH ...
+			k, v, ok := strings.Cut(in.args, "=")
+			if !ok {
+				k, v, _ = strings.Cut(in.args, " ")
+			}
+			if strings.TrimSpace(k) == "PATH" {
+				pathEnv = strings.Trim(strings.TrimSpace(v), `"`)
+			}
+		case "COPY":
+			f := strings.Fields(in.args)
+			if len(f) < 2 {
+				problems = append(problems, fmt.Sprintf("line %d: COPY %s", in.line, in.args))
+				continue
+			}
+			for _, w := range f[:len(f)-1] {
+				switch {
+				case strings.HasPrefix(w, "--chown="):
+				case strings.HasPrefix(w, "--"):
+					// --chmod and --link are BuildKit's; --from has no
+					// other stage to copy from.
+					problems = append(problems, fmt.Sprintf("line %d: COPY %s: the classic builder of docker.io 20.10 does not take it", in.line, w))
+				default:
+					files = append(files, w)
 				}
 			}
-			if _, ok := vars["VERSION"]; !ok {
-				return buildSpec{}, fmt.Errorf("line %d: make build without VERSION=: the image has no .git for the Makefile to ask", in.line)
+			if dest != "" && dest != f[len(f)-1] {
+				problems = append(problems, fmt.Sprintf("line %d: a second destination %s (the first was %s)", in.line, f[len(f)-1], dest))
 			}
-			var overrides []string
-			for _, k := range slices.Sorted(maps.Keys(vars)) {
-				overrides = append(overrides, k+"="+vars[k])
-			}
-			dry := runMake(t, append([]string{"-n", "build"}, overrides...)...)
-			env, flags, ok, err := goBuildFlags(dry)
-			if err != nil || !ok {
-				return buildSpec{}, fmt.Errorf("make -n build %v printed no go build (%v):\n%s", overrides, err, dry)
-			}
-			bin := vars["BIN"]
-			if bin == "" {
-				bin = makeVar(t, "BIN")
-			}
-			if !path.IsAbs(bin) {
-				bin = path.Join(st.workdir(), bin)
-			}
-			return buildSpec{env: env, flags: flags, bin: bin}, nil
+			dest = f[len(f)-1]
 		}
-		env, flags, ok, err := goBuildFlags(cmd)
+	}
+	return files, dest, pathEnv, problems
+}
+
+// The Dockerfile builds without a registry, with the classic builder, and
+// puts every program the compose services run on the image's PATH.
+func TestDockerfile(t *testing.T) {
+	files, dest, pathEnv, problems := imageFiles(readRepoFile(t, "deploy", "docker", "Dockerfile"))
+	for _, p := range problems {
+		t.Error(p)
+	}
+	if !strings.HasSuffix(dest, "/") {
+		t.Errorf("COPY destination %q does not end in /: with several sources it must be a directory", dest)
+	}
+	if !slices.Contains(strings.Split(pathEnv, ":"), path.Clean(dest)) {
+		t.Errorf("the binaries go to %s, which is not on the image's PATH %q (scratch has no PATH of its own)", dest, pathEnv)
+	}
+	for name, s := range loadCompose(t).Services {
+		if prog := s.argv(); len(prog) == 0 || !slices.Contains(files, prog[0]) {
+			t.Errorf("service %s runs %q, which the Dockerfile does not copy (it copies %v)", name, s.argv(), files)
+		}
+	}
+}
+
+// The rules catch the Dockerfile that needed a registry, and the BuildKit
+// features Debian's engine does not have without it.
+func TestDockerfileRulesCatch(t *testing.T) {
+	for _, tc := range []struct {
+		name, text string
+		ok         bool
+	}{
+		{"scratch", "FROM scratch\nCOPY a b /usr/local/bin/\nENV PATH=/usr/local/bin\n", true},
+		{"old ENV form", "FROM scratch\nCOPY a /usr/local/bin/\nENV PATH /usr/local/bin:/bin\n", true},
+		{"syntax line", "# syntax=docker/dockerfile:1\nFROM scratch\nCOPY a /usr/local/bin/\n", false},
+		{"base image", "FROM golang:1.26 AS build\nRUN make build\nFROM scratch\nCOPY --from=build /out/a /usr/local/bin/\n", false},
+		{"alpine", "FROM alpine:3.22\nCOPY a /usr/local/bin/\n", false},
+		{"RUN", "FROM scratch\nCOPY a /usr/local/bin/\nRUN [\"/usr/local/bin/a\"]\n", false},
+		{"COPY --chmod", "FROM scratch\nCOPY --chmod=755 a /usr/local/bin/\n", false},
+		{"COPY --link", "FROM scratch\nCOPY --link a /usr/local/bin/\n", false},
+		{"ADD URL", "FROM scratch\nADD https://example.com/a /usr/local/bin/\n", false},
+		{"two destinations", "FROM scratch\nCOPY a /usr/local/bin/\nCOPY b /bin/\n", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, _, _, problems := imageFiles(tc.text)
+			if (len(problems) == 0) != tc.ok {
+				t.Errorf("problems %q, want ok=%v", problems, tc.ok)
+			}
+		})
+	}
+}
+
+// imageRecipe is what `make image` runs, read from make's dry run: the go
+// builds (its prerequisite `build` and idle's) and the docker build.
+type imageRecipe struct {
+	builds []goBuild
+	docker *dockerBuild
+}
+
+type goBuild struct {
+	line       string
+	env, flags map[string]string
+	out        string
+	pkgs       []string
+}
+
+type dockerBuild struct {
+	dockerfile, context, network string
+	tags                         []string
+	labels                       map[string]string
+}
+
+// goValueFlags are the go build flags that take a value as the next word.
+var goValueFlags = map[string]bool{
+	"o": true, "ldflags": true, "tags": true, "buildmode": true, "gcflags": true, "asmflags": true,
+	"p": true, "mod": true, "modfile": true, "pkgdir": true, "overlay": true, "pgo": true, "toolexec": true,
+}
+
+func parseImageRecipe(dry string) (imageRecipe, error) {
+	var r imageRecipe
+	for _, line := range strings.Split(dry, "\n") {
+		words, err := shellWords(line)
 		if err != nil {
-			return buildSpec{}, fmt.Errorf("line %d: %v", in.line, err)
+			return r, err
 		}
-		if ok {
-			return buildSpec{env: env, flags: flags, bin: goBuildOutput(words, st.workdir())}, nil
+		env, flags, isGo, err := goBuildFlags(line)
+		if err != nil {
+			return r, err
 		}
-	}
-	return buildSpec{}, fmt.Errorf("stage %s runs neither make build nor go build", st.name)
-}
-
-// workdir is the stage's last WORKDIR, or /.
-func (st stage) workdir() string {
-	dir := "/"
-	for _, in := range st.body {
-		if in.cmd == "WORKDIR" {
-			dir = path.Join(dir, in.args)
-		}
-	}
-	return dir
-}
-
-// goBuildOutput returns the directory a `go build -o DIR/` writes to.
-func goBuildOutput(words []string, workdir string) string {
-	for i, w := range words {
-		out, ok := strings.CutPrefix(w, "-o=")
-		if (w == "-o" || w == "--o") && i+1 < len(words) {
-			out, ok = words[i+1], true
-		}
-		if !ok {
+		if isGo {
+			b := goBuild{line: line, env: env, flags: flags}
+			i := slices.Index(words, "build")
+			for j := i + 1; j < len(words); j++ {
+				w := words[j]
+				if !strings.HasPrefix(w, "-") {
+					b.pkgs = append(b.pkgs, w)
+					continue
+				}
+				name, value, hasValue := strings.Cut(strings.TrimLeft(w, "-"), "=")
+				if goValueFlags[name] && !hasValue && j+1 < len(words) {
+					j++
+					value = words[j]
+				}
+				if name == "o" {
+					b.out = value
+				}
+			}
+			r.builds = append(r.builds, b)
 			continue
 		}
-		if path.IsAbs(out) {
-			return path.Clean(out)
+		for i := 0; i+1 < len(words); i++ {
+			if path.Base(words[i]) != "docker" || words[i+1] != "build" {
+				continue
+			}
+			if r.docker != nil {
+				return r, fmt.Errorf("two docker builds: %q", line)
+			}
+			d := &dockerBuild{labels: map[string]string{}}
+			var positional []string
+			for j := i + 2; j < len(words); j++ {
+				w := words[j]
+				if !strings.HasPrefix(w, "-") {
+					positional = append(positional, w)
+					continue
+				}
+				name, value, hasValue := strings.Cut(w, "=")
+				switch name {
+				case "-f", "--file", "-t", "--tag", "--network", "--label":
+				case "--pull", "--no-cache", "-q", "--quiet":
+					continue
+				default:
+					return r, fmt.Errorf("docker build flag %s: unknown to this test, which must learn what it does", w)
+				}
+				if !hasValue {
+					if j+1 >= len(words) {
+						return r, fmt.Errorf("docker build %s without a value", name)
+					}
+					j++
+					value = words[j]
+				}
+				switch name {
+				case "-f", "--file":
+					d.dockerfile = value
+				case "-t", "--tag":
+					d.tags = append(d.tags, value)
+				case "--network":
+					d.network = value
+				case "--label":
+					k, v, _ := strings.Cut(value, "=")
+					d.labels[k] = v
+				}
+			}
+			if len(positional) != 1 {
+				return r, fmt.Errorf("docker build with contexts %q, want one", positional)
+			}
+			d.context = positional[0]
+			r.docker = d
+			break
 		}
-		return path.Join(workdir, out)
 	}
-	return workdir
+	return r, nil
 }
 
 // wantBuild is the build the Makefile's build target does, read from the
@@ -206,111 +347,141 @@ func wantBuild(t *testing.T, version string) (env, flags map[string]string) {
 	return env, flags
 }
 
-// The image builds the binaries as `make build` does (static, same flags,
-// version stamped), and ships all three of them on the PATH.
-func TestDockerfile(t *testing.T) {
-	ins, err := parseDockerfile(readRepoFile(t, "deploy", "docker", "Dockerfile"))
+// recipeWant is what `make image` must do for a given BIN and VERSION.
+type recipeWant struct {
+	env, flags   map[string]string // those of `make build`
+	bin, version string
+	tags         []string
+}
+
+// recipeProblems checks a recipe: every go build is `make build`'s, into
+// the context directory; one docker build of deploy/docker/Dockerfile with
+// that context, no network, the tags and the version label.
+func recipeProblems(r imageRecipe, want recipeWant) []string {
+	var problems []string
+	if len(r.builds) == 0 {
+		problems = append(problems, "no go build")
+	}
+	for _, b := range r.builds {
+		if !maps.Equal(b.flags, want.flags) {
+			problems = append(problems, fmt.Sprintf("%q builds with %v, make build with %v", b.line, b.flags, want.flags))
+		}
+		if b.env["CGO_ENABLED"] != "0" || b.env["CGO_ENABLED"] != want.env["CGO_ENABLED"] {
+			problems = append(problems, fmt.Sprintf("%q builds with CGO_ENABLED=%q: the image has no libc, so the binaries must be static", b.line, b.env["CGO_ENABLED"]))
+		}
+		if path.Clean(b.out) != path.Clean(want.bin) {
+			problems = append(problems, fmt.Sprintf("%q writes to %q, not to the build context %s", b.line, b.out, want.bin))
+		}
+	}
+	d := r.docker
+	if d == nil {
+		return append(problems, "no docker build")
+	}
+	if d.dockerfile != "deploy/docker/Dockerfile" {
+		problems = append(problems, fmt.Sprintf("docker build -f %q, want deploy/docker/Dockerfile", d.dockerfile))
+	}
+	if path.Clean(d.context) != path.Clean(want.bin) {
+		problems = append(problems, fmt.Sprintf("docker build context %q, want the binaries' directory %s", d.context, want.bin))
+	}
+	if d.network != "none" {
+		problems = append(problems, fmt.Sprintf("docker build --network %q, want none: nothing in the build may reach a network", d.network))
+	}
+	for _, tag := range want.tags {
+		if !slices.Contains(d.tags, tag) {
+			problems = append(problems, fmt.Sprintf("docker build tags %v, not %s", d.tags, tag))
+		}
+	}
+	if v := d.labels["org.opencontainers.image.version"]; v != want.version {
+		problems = append(problems, fmt.Sprintf("image version label %q, want %q", v, want.version))
+	}
+	return problems
+}
+
+// `make image` builds the binaries as `make build` does (static, same
+// flags, version stamped) into the build context, and builds
+// deploy/docker/Dockerfile from exactly that: every file the Dockerfile
+// copies is a program it built, and the compose file's image is one of
+// the tags.
+func TestMakeImageRecipe(t *testing.T) {
+	const version = "v9.9.9-image"
+	bin := "/nonexistent/rawlb-image-context" // a dry run creates nothing
+	r, err := parseImageRecipe(runMake(t, "-n", "image", "BIN="+bin, "VERSION="+version))
 	if err != nil {
 		t.Fatal(err)
 	}
-	sts := stages(ins)
-	if len(sts) < 2 {
-		t.Fatalf("%d stages, want a builder and a runtime stage", len(sts))
+	env, flags := wantBuild(t, version)
+	c := loadCompose(t)
+	var composeImages []string
+	for _, s := range c.Services {
+		if !slices.Contains(composeImages, s.Image) {
+			composeImages = append(composeImages, s.Image)
+		}
 	}
-	builder, runtime := sts[0], sts[len(sts)-1]
-	if builder.name == "" {
-		t.Fatalf("the builder stage (FROM %s) has no name for COPY --from", builder.image)
-	}
-
-	// The builder's Go is the one go.mod asks for.
-	goLine := regexp.MustCompile(`(?m)^go (\d+\.\d+)`).FindStringSubmatch(readRepoFile(t, "go.mod"))
-	if goLine == nil {
-		t.Fatal("go.mod has no go line")
-	}
-	if img := builder.image; img != "golang:"+goLine[1] && !strings.HasPrefix(img, "golang:"+goLine[1]+".") && !strings.HasPrefix(img, "golang:"+goLine[1]+"-") {
-		t.Errorf("builder image %s, want golang:%s (go.mod says go %s)", img, goLine[1], goLine[1])
-	}
-	if strings.HasPrefix(runtime.image, "golang:") {
-		t.Errorf("runtime image %s carries the whole toolchain", runtime.image)
+	for _, p := range recipeProblems(r, recipeWant{env: env, flags: flags, bin: bin, version: version, tags: append([]string{"rawlb:latest"}, composeImages...)}) {
+		t.Error(p)
 	}
 
-	got, err := builderSpec(t, builder)
+	// The programs the builds put into the context, by the name of their
+	// main package's directory (go build -o dir/ names them so).
+	var pkgs []string
+	for _, b := range r.builds {
+		pkgs = append(pkgs, b.pkgs...)
+	}
+	list := exec.Command("go", append([]string{"list", "-f", `{{if eq .Name "main"}}{{.ImportPath}}{{end}}`}, pkgs...)...)
+	list.Dir = repoRoot
+	out, err := list.Output()
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("go list %v: %v", pkgs, err)
 	}
-	version, ok := builder.args["VERSION"]
-	if !ok {
-		t.Fatal("the builder stage has no ARG VERSION for the version stamp")
+	var built []string
+	for _, p := range strings.Fields(string(out)) {
+		built = append(built, path.Base(p))
 	}
-	wantEnv, wantFlags := wantBuild(t, version)
-	if !maps.Equal(got.flags, wantFlags) {
-		t.Errorf("the image builds with %v, make build with %v", got.flags, wantFlags)
-	}
-	if got.env["CGO_ENABLED"] != "0" || got.env["CGO_ENABLED"] != wantEnv["CGO_ENABLED"] {
-		t.Errorf("the image builds with CGO_ENABLED=%q, make build with %q (want static binaries)", got.env["CGO_ENABLED"], wantEnv["CGO_ENABLED"])
-	}
-
-	// Every program the compose file runs is copied from the builder's
-	// output into a directory on the PATH.
-	copied := map[string]bool{}
-	for _, in := range runtime.body {
-		if in.cmd != "COPY" || !strings.Contains(in.args, "--from="+builder.name) {
-			continue
-		}
-		f := strings.Fields(in.args)
-		var srcs []string
-		for _, w := range f[:len(f)-1] {
-			if !strings.HasPrefix(w, "--") {
-				srcs = append(srcs, w)
-			}
-		}
-		dst := f[len(f)-1]
-		if dst != "/usr/local/bin/" && dst != "/usr/bin/" && dst != "/bin/" {
-			t.Errorf("line %d copies to %s, which is not on the PATH", in.line, dst)
-		}
-		for _, s := range srcs {
-			if path.Dir(s) == path.Clean(got.bin) {
-				copied[path.Base(s)] = true
-			}
+	files, _, _, _ := imageFiles(readRepoFile(t, "deploy", "docker", "Dockerfile"))
+	for _, f := range files {
+		if !slices.Contains(built, f) {
+			t.Errorf("the Dockerfile copies %s, which make image does not build into the context (it builds %v)", f, built)
 		}
 	}
-	for _, prog := range []string{progRawlb, progChatserver, progChatclient} {
-		if !copied[prog] {
-			t.Errorf("the runtime stage does not copy %s from %s", prog, got.bin)
+	for _, prog := range []string{progRawlb, progChatserver, progChatclient, progIdle} {
+		if !slices.Contains(files, prog) {
+			t.Errorf("the image lacks %s (the Dockerfile copies %v)", prog, files)
 		}
 	}
 }
 
-// The Dockerfile check catches a build that drifted from the Makefile.
-func TestDockerfileDriftIsCaught(t *testing.T) {
+// The recipe check catches an image build that drifted from `make build`
+// or could reach a registry.
+func TestImageRecipeDriftIsCaught(t *testing.T) {
 	const version = "v9.9.9"
-	wantEnv, wantFlags := wantBuild(t, version)
+	env, flags := wantBuild(t, version)
+	ld := flags["ldflags"]
+	want := recipeWant{env: env, flags: flags, bin: "/ctx", version: version, tags: []string{"rawlb:latest", "rawlb:demo"}}
+	build := "CGO_ENABLED=0 go build -trimpath -ldflags '" + ld + "' -o /ctx/ ./cmd/...\n"
+	idle := "CGO_ENABLED=0 go build -trimpath -ldflags '" + ld + "' -o /ctx/ ./deploy/docker/idle\n"
+	docker := "docker build --network none -f deploy/docker/Dockerfile --label org.opencontainers.image.version=" + version + " -t rawlb:latest -t rawlb:demo /ctx\n"
 	for _, tc := range []struct {
-		name, run string
-		same      bool
+		name, dry string
+		ok        bool
 	}{
-		{"make build", `make build VERSION="${VERSION}" BIN=/out`, true},
-		{"same go build", `CGO_ENABLED=0 go build -trimpath -ldflags '` + wantFlags["ldflags"] + `' -o /out/ ./cmd/...`, true},
-		{"no trimpath", `CGO_ENABLED=0 go build -ldflags '` + wantFlags["ldflags"] + `' -o /out/ ./cmd/...`, false},
-		{"other ldflags", `CGO_ENABLED=0 go build -trimpath -ldflags '-s -X main.version=${VERSION}' -o /out/ ./cmd/...`, false},
-		{"cgo", `go build -trimpath -ldflags '` + wantFlags["ldflags"] + `' -o /out/ ./cmd/...`, false},
+		{"as make image", build + idle + docker, true},
+		{"idle without trimpath", build + "CGO_ENABLED=0 go build -ldflags '" + ld + "' -o /ctx/ ./deploy/docker/idle\n" + docker, false},
+		{"idle with cgo", build + "go build -trimpath -ldflags '" + ld + "' -o /ctx/ ./deploy/docker/idle\n" + docker, false},
+		{"other ldflags", "CGO_ENABLED=0 go build -trimpath -ldflags '-X main.version=" + version + "' -o /ctx/ ./cmd/...\n" + idle + docker, false},
+		{"binaries elsewhere", "CGO_ENABLED=0 go build -trimpath -ldflags '" + ld + "' -o bin/ ./cmd/...\n" + idle + docker, false},
+		{"repository as context", build + idle + strings.Replace(docker, " /ctx\n", " .\n", 1), false},
+		{"network allowed", build + idle + strings.Replace(docker, "--network none ", "", 1), false},
+		{"no demo tag", build + idle + strings.Replace(docker, " -t rawlb:demo", "", 1), false},
+		{"no version", build + idle + strings.Replace(docker, "version="+version, "version=dev", 1), false},
+		{"no docker build", build + idle, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			df := "FROM golang:1 AS build\nWORKDIR /src\nARG VERSION=" + version + "\nRUN " + tc.run + "\n"
-			ins, err := parseDockerfile(df)
+			r, err := parseImageRecipe(tc.dry)
 			if err != nil {
 				t.Fatal(err)
 			}
-			got, err := builderSpec(t, stages(ins)[0])
-			if err != nil {
-				t.Fatal(err)
-			}
-			same := maps.Equal(got.flags, wantFlags) && got.env["CGO_ENABLED"] == wantEnv["CGO_ENABLED"]
-			if same != tc.same {
-				t.Errorf("RUN %s: flags %v env %v; judged same=%v, want %v", tc.run, got.flags, got.env, same, tc.same)
-			}
-			if got.bin != "/out" {
-				t.Errorf("output directory %q, want /out", got.bin)
+			if problems := recipeProblems(r, want); (len(problems) == 0) != tc.ok {
+				t.Errorf("problems %q, want ok=%v", problems, tc.ok)
 			}
 		})
 	}
