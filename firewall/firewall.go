@@ -348,7 +348,7 @@ func writeReservedPorts(l PortList) error {
 	case errors.Is(err, fs.ErrPermission):
 		return fmt.Errorf("firewall: writing %s: %w: reserving the NAT ports needs root (CAP_NET_ADMIN and write access to /proc/sys)", ReservedPortsPath, err)
 	case errors.Is(err, syscall.EROFS):
-		return fmt.Errorf("firewall: writing %s: %w: /proc/sys is read-only here (a container?): reserve the ports on the host with scripts/setup.sh and run rawlb with -firewall=false", ReservedPortsPath, err)
+		return fmt.Errorf("firewall: writing %s: %w: /proc/sys is read-only here (a container?): reserve the NAT ports before rawlb starts (docker run --sysctl net.ipv4.ip_local_reserved_ports=<first>-<last>, or sysctls: in compose) or run rawlb with -firewall=false", ReservedPortsPath, err)
 	}
 	return fmt.Errorf("firewall: writing %s: %w", ReservedPortsPath, err)
 }

@@ -97,12 +97,22 @@ type child struct {
 // Guard to be in place. It is killed in t.Cleanup if still running.
 func startChild(t *testing.T, ns string, c Config, grace time.Duration) *child {
 	t.Helper()
+	// ip execs the binary in place: the child's pid is the command's.
+	ch, line := runChild(t, exec.Command("ip", "netns", "exec", ns, os.Args[0], "-test.run=^$"), c, grace)
+	if line != "ready" {
+		t.Fatalf("helper process: %q, want ready", line)
+	}
+	return ch
+}
+
+// runChild starts cmd, which must exec the test binary, as the helper
+// process and returns it with its first line of output.
+func runChild(t *testing.T, cmd *exec.Cmd, c Config, grace time.Duration) (*child, string) {
+	t.Helper()
 	spec, err := json.Marshal(childSpec{c, grace})
 	if err != nil {
 		t.Fatal(err)
 	}
-	// ip execs the binary in place: the child's pid is the command's.
-	cmd := exec.Command("ip", "netns", "exec", ns, os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), childEnv+"="+string(spec))
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
@@ -130,10 +140,7 @@ func startChild(t *testing.T, ns string, c Config, grace time.Duration) *child {
 			cmd.Process.Kill()
 		}
 	})
-	if line := ch.expect(t); line != "ready" {
-		t.Fatalf("helper process: %q, want ready", line)
-	}
-	return ch
+	return ch, ch.expect(t)
 }
 
 // expect returns the child's next line of output.
@@ -400,6 +407,51 @@ func TestGuardRoundTrip(t *testing.T) {
 
 // TestGuardRenews checks that the rules outlive their first deadline
 // while the Guard runs, and that a table deleted by hand comes back.
+// TestGuardReadOnlySysctl runs the Guard where /proc/sys is mounted
+// read-only, as Docker does in an unprivileged container: with the NAT
+// ports reserved beforehand (docker run --sysctl) it starts and removes
+// cleanly without writing; without them it refuses and says what to do.
+func TestGuardReadOnlySysctl(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	c := Config{Instance: "ro", NATSource: lbIP, NATFirst: 40000, NATLast: 59999, Listen: []netip.AddrPort{ap("198.18.0.2:20000")}}
+	// A mount namespace of the child's own, so the read-only /proc/sys is
+	// nobody else's.
+	readOnly := func(ns string) *exec.Cmd {
+		return exec.Command("ip", "netns", "exec", ns, "unshare", "--mount", "--propagation", "private", "sh", "-c",
+			`mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && exec "$0" -test.run='^$'`, os.Args[0])
+	}
+
+	ns := newNetNS(t)
+	if _, line := runChild(t, readOnly(ns), c, 10*time.Second); !strings.Contains(line, "read-only") || !strings.Contains(line, "--sysctl") {
+		t.Errorf("without reserved ports: %q, want an error naming the read-only /proc/sys and docker's --sysctl", line)
+	}
+	if tableExists(ns, "rawlb_ro") {
+		t.Error("the failed start left its table behind")
+	}
+
+	ns = newNetNS(t)
+	setReserved(t, ns, "40000-59999")
+	ch, line := runChild(t, readOnly(ns), c, 10*time.Second)
+	if line != "ready" {
+		t.Fatalf("with the ports reserved: %q, want ready", line)
+	}
+	if !tableExists(ns, "rawlb_ro") {
+		t.Error("no table rawlb_ro while the Guard runs")
+	}
+	ch.stdin.Close()
+	ch.wait(t)
+	if !ch.cmd.ProcessState.Success() {
+		t.Errorf("Remove under a read-only /proc/sys: %v", ch.cmd.ProcessState)
+	}
+	if tableExists(ns, "rawlb_ro") {
+		t.Error("table rawlb_ro outlived Remove")
+	}
+	// The administrator's (Docker's) reservation stays: it was not ours.
+	if got := reserved(t, ns); got != "40000-59999" {
+		t.Errorf("reserved ports after Remove = %q, want 40000-59999 untouched", got)
+	}
+}
+
 func TestGuardRenews(t *testing.T) {
 	testenv.RequirePrivileged(t)
 	client, lb := pair(t)

@@ -25,8 +25,12 @@ import (
 // goroutine need no setns(2), which would take CAP_SYS_ADMIN.
 type namespace struct {
 	nft *nftables.Conn
-	// sysctl is ip_local_reserved_ports, opened read-write.
-	sysctl *os.File
+	// sysctl is ip_local_reserved_ports, opened read-write, or read-only
+	// where /proc/sys is mounted read-only (a Docker container): there the
+	// ports must already be reserved (docker run --sysctl), Start then
+	// finds nothing to write, and a write that is needed fails with EROFS.
+	sysctl   *os.File
+	readOnly bool
 	// nsFile is /proc/thread-self/ns/net. flock(2) on it is the lock that
 	// serialises the read-modify-write of the sysctl and of the tables'
 	// records among the rawlb processes of this namespace only: every
@@ -42,7 +46,12 @@ func openNamespace() (*namespace, error) {
 	if ns.nsFile, err = os.Open("/proc/thread-self/ns/net"); err != nil {
 		return nil, fmt.Errorf("firewall: opening the network namespace: %w", err)
 	}
-	if ns.sysctl, err = os.OpenFile(ReservedPortsPath, os.O_RDWR, 0); err != nil {
+	ns.sysctl, err = os.OpenFile(ReservedPortsPath, os.O_RDWR, 0)
+	if errors.Is(err, syscall.EROFS) {
+		ns.sysctl, err = os.Open(ReservedPortsPath)
+		ns.readOnly = true
+	}
+	if err != nil {
 		ns.nsFile.Close()
 		return nil, sysctlError("opening", err)
 	}
@@ -127,6 +136,9 @@ func readSysctl(f *os.File) (PortList, error) {
 func (ns *namespace) writeReserved(l PortList) error {
 	// The newline matters: the kernel ignores a zero-length write, so an
 	// empty list must be written as "\n" to clear the bitmap.
+	if ns.readOnly {
+		return sysctlError("writing", &fs.PathError{Op: "write", Path: ReservedPortsPath, Err: syscall.EROFS})
+	}
 	if _, err := ns.sysctl.WriteAt([]byte(l.String()+"\n"), 0); err != nil {
 		return sysctlError("writing", err)
 	}
@@ -139,7 +151,7 @@ func sysctlError(what string, err error) error {
 	case errors.Is(err, fs.ErrPermission):
 		return fmt.Errorf("firewall: %s %s: %w: reserving the NAT ports needs root (CAP_NET_ADMIN and write access to /proc/sys)", what, ReservedPortsPath, err)
 	case errors.Is(err, syscall.EROFS):
-		return fmt.Errorf("firewall: %s %s: %w: /proc/sys is read-only here (a container?): reserve the ports on the host with scripts/setup.sh and run rawlb with -firewall=false", what, ReservedPortsPath, err)
+		return fmt.Errorf("firewall: %s %s: %w: /proc/sys is read-only here (a container?): reserve the NAT ports before rawlb starts (docker run --sysctl net.ipv4.ip_local_reserved_ports=<first>-<last>, or sysctls: in compose) or run rawlb with -firewall=false", what, ReservedPortsPath, err)
 	}
 	return fmt.Errorf("firewall: %s %s: %w", what, ReservedPortsPath, err)
 }
@@ -213,10 +225,12 @@ func newClockWatch() (*clockWatch, error) {
 	return &clockWatch{os.NewFile(uintptr(fd), "timerfd")}, nil
 }
 
-// armClockWatch sets a timer that never fires (it expires in year 2242),
-// only to be cancelled by a clock change.
+// armClockWatch sets a timer that never fires (it expires in January
+// 2038, the most a 32-bit time_t can say, as on a Raspberry Pi's 32-bit
+// OS), only to be cancelled by a clock change.
 func armClockWatch(fd int) error {
-	spec := unix.ItimerSpec{Value: unix.Timespec{Sec: math.MaxUint32 << 1}}
+	var spec unix.ItimerSpec
+	spec.Value.Sec = math.MaxInt32
 	if err := unix.TimerfdSettime(fd, unix.TFD_TIMER_ABSTIME|unix.TFD_TIMER_CANCEL_ON_SET, &spec, nil); err != nil {
 		return fmt.Errorf("firewall: timerfd_settime: %w", err)
 	}
