@@ -119,3 +119,36 @@ func (f *Frame) AddInnerSeq(by uint32) {
 	binary.BigEndian.PutUint32(tcp[4:8], tcp.Seq()+by)
 	tcp.wordsAfter(4, 8, state, d)
 }
+
+// MaxSACK returns the highest right edge of the segment's SACK blocks, and
+// whether it has any: what connection tracking takes as the furthest the
+// receiver acknowledges (the kernel's tcp_sack). A malformed option list is
+// read up to the first option that does not fit.
+func (t TCP) MaxSACK() (edge uint32, ok bool) {
+	hl := t.HeaderLen()
+	for i := TCPMinLen; i < hl; {
+		switch t[i] {
+		case optEnd:
+			return edge, ok
+		case optNOP:
+			i++
+			continue
+		}
+		if i+1 >= hl {
+			return edge, ok
+		}
+		l := int(t[i+1])
+		if l < 2 || i+l > hl {
+			return edge, ok
+		}
+		if t[i] == optSACK && l > 2 && (l-2)%sackBlockLen == 0 {
+			for j := i + 2; j < i+l; j += sackBlockLen {
+				if r := binary.BigEndian.Uint32(t[j+4:]); !ok || int32(r-edge) > 0 {
+					edge, ok = r, true
+				}
+			}
+		}
+		i += l
+	}
+	return edge, ok
+}
