@@ -169,3 +169,41 @@ func TestAddInnerSeq(t *testing.T) {
 		}
 	}
 }
+
+func TestMaxSACK(t *testing.T) {
+	nop := layers.TCPOption{OptionType: layers.TCPOptionKindNop}
+	tests := []struct {
+		name string
+		opts []layers.TCPOption
+		edge uint32
+		ok   bool
+	}{
+		{"one block", []layers.TCPOption{nop, nop, tsOpt(1, 2), nop, nop, sackOpt(100, 200)}, 200, true},
+		{"highest is not last", []layers.TCPOption{nop, nop, sackOpt(500, 900, 100, 200, 300, 400)}, 900, true},
+		// Sequence space wraps: 5 comes after 0xffff_fff0.
+		{"across the wrap", []layers.TCPOption{nop, nop, sackOpt(0xffff_ff00, 0xffff_fff0, 0xffff_fff8, 5)}, 5, true},
+		{"none", []layers.TCPOption{nop, nop, tsOpt(1, 2)}, 0, false},
+	}
+	for _, tc := range tests {
+		f := parsed(t, build(t, segSpec{src: ipBackend, dst: ipLB, sport: 8090, dport: 40000, ackf: true, tcpOptions: tc.opts}))
+		if edge, ok := f.TCP.MaxSACK(); edge != tc.edge || ok != tc.ok {
+			t.Errorf("%s: MaxSACK = %d, %v; want %d, %v", tc.name, edge, ok, tc.edge, tc.ok)
+		}
+	}
+	// Malformed lists: nothing read past the first option that does not
+	// fit, and no panic.
+	for _, opts := range [][]byte{
+		{5, 6, 1, 2, 3, 4},
+		{5, 10, 0, 0, 0, 1, 0, 0},
+		{5, 2},
+		{1, 5},
+		{0, 5, 10, 0, 0, 0, 1, 0, 0, 0, 2},
+	} {
+		hdr := make([]byte, 20+(len(opts)+3)/4*4)
+		copy(hdr[20:], opts)
+		hdr[12] = byte(len(hdr)/4) << 4
+		if edge, ok := TCP(hdr).MaxSACK(); ok {
+			t.Errorf("options %v: MaxSACK = %d, want none", opts, edge)
+		}
+	}
+}
