@@ -1,9 +1,6 @@
 package conntrack
 
-import (
-	"fmt"
-	"sync/atomic"
-)
+import "fmt"
 
 // Endpoint is an IPv4 address and TCP port.
 type Endpoint struct {
@@ -17,7 +14,7 @@ func (e Endpoint) String() string {
 }
 
 // ClientKey is the forward key: the client's (srcIP, srcPort, dstIP, dstPort)
-// as the client sent it.
+// as the client sent it. VIP is the service's listen address.
 type ClientKey struct {
 	Client Endpoint
 	VIP    Endpoint
@@ -52,182 +49,192 @@ func (d Direction) String() string {
 	return fmt.Sprintf("Direction(%d)", uint8(d))
 }
 
-// State is the coarse TCP state of a flow, as far as a middlebox that sees
-// both directions can tell. It only has to be good enough to pick a timeout
-// and to know when a connection stops counting toward its backend's load.
+// State is a flow's TCP state as a middlebox that sees both directions
+// tracks it, after net/netfilter/nf_conntrack_proto_tcp.c: the state of the
+// connection as a whole, guessed from the segments that passed.
 type State uint8
 
-// Flow states. See Table.Observe for the transitions.
+// Flow states. A flow starts in StateSynSent on the client's SYN, or in
+// StateSynProxy when the client's handshake was completed with a SYN cookie.
 const (
-	StateSynSent     State = iota // created by the client's SYN, no SYN-ACK from the backend yet
-	StateEstablished              // the backend answered with SYN-ACK
-	StateFinWait                  // FIN from one side: a half-close, which is legal and can last
-	StateClosing                  // FINs from both sides
-	StateClosed                   // RST from either side
+	StateNone        State = iota // a free slot
+	StateSynSent                  // the client's SYN passed
+	StateSynRecv                  // the backend's SYN-ACK passed
+	StateEstablished              // the client's ACK of the SYN-ACK passed
+	StateFinWait                  // a FIN from one side
+	StateCloseWait                // that FIN was acknowledged
+	StateLastAck                  // FINs from both sides
+	StateTimeWait                 // the last FIN was acknowledged
+	StateClose                    // a valid RST
+	StateSynProxy                 // client established through a SYN cookie; rawlb's SYN to the backend awaits its SYN-ACK
+	numStates
 )
 
-var stateNames = [...]string{
+var stateNames = [numStates]string{
+	StateNone:        "None",
 	StateSynSent:     "SynSent",
+	StateSynRecv:     "SynRecv",
 	StateEstablished: "Established",
 	StateFinWait:     "FinWait",
-	StateClosing:     "Closing",
-	StateClosed:      "Closed",
+	StateCloseWait:   "CloseWait",
+	StateLastAck:     "LastAck",
+	StateTimeWait:    "TimeWait",
+	StateClose:       "Close",
+	StateSynProxy:    "SynProxy",
 }
 
 // String returns the state's name, e.g. "Established".
 func (s State) String() string {
-	if int(s) < len(stateNames) {
+	if s < numStates {
 		return stateNames[s]
 	}
 	return fmt.Sprintf("State(%d)", uint8(s))
 }
 
-// TCP flag bits as in byte 13 of the TCP header; Observe takes that byte.
+// HalfOpen reports whether the handshake with the backend is unfinished.
+// Half-open flows expire HalfOpenTimeout after they were created, however
+// many retransmissions they see: a backend retransmitting its SYN-ACK to a
+// spoofed client must not keep the flow (and its NAT port) alive.
+func (s State) HalfOpen() bool {
+	return s == StateSynSent || s == StateSynRecv || s == StateSynProxy
+}
+
+// Live reports whether a flow in state s counts toward its backend's load:
+// until both sides have sent a FIN or one a RST.
+func (s State) Live() bool {
+	return s != StateNone && s < StateLastAck || s == StateSynProxy
+}
+
+// TCP flag bits as in byte 13 of the TCP header.
 const (
 	FlagFIN = 0x01
 	FlagSYN = 0x02
 	FlagRST = 0x04
+	FlagPSH = 0x08
 	FlagACK = 0x10
+	FlagURG = 0x20
+	FlagECE = 0x40
+	FlagCWR = 0x80
 )
 
-// The mutable part of a flow's state machine lives in one 32-bit word so that
-// a transition (state, FIN bits and the live flag together) is a single CAS:
-// whoever clears liveBit is the one goroutine that decrements the backend's
-// live count, whether it is Observe, Sweep or Remove.
-const (
-	stateMask  = 0x0f
-	finClient  = 1 << 4 // FIN seen from the client
-	finBackend = 1 << 5 // FIN seen from the backend
-	finBoth    = finClient | finBackend
-	liveBit    = 1 << 6 // the flow still counts in Table.Live
-)
+// SYN is what a flow keeps of the client's SYN: enough to build the SYN
+// again toward the backend (a SYN cookie handshake, or a new try after a
+// backend's TIME_WAIT refused the first), and the numbers the offsets
+// toward the backend start from.
+type SYN struct {
+	Seq      uint32 // the client's initial sequence number
+	TSval    uint32 // the timestamp option's TSval, if HasTS
+	HasTS    bool   // the SYN carries a TCP timestamp option
+	MSS      uint16 // 0: no MSS option
+	WScale   int8   // -1: no window scale option
+	SACKPerm bool
+	Window   uint16 // the raw window field
+}
 
-// Flow is one tracked connection. The exported fields are set by Create and
-// never change afterwards, so the engine may read them without
-// synchronization; everything else is updated with atomics.
+// Flow is one tracked connection. It belongs to the worker whose Table
+// holds it: nothing here is safe for concurrent use, by design (both
+// directions of a flow reach the same worker; see package doc).
 type Flow struct {
-	Key         ClientKey // immutable after Create
-	Backend     int       // index into Config.Backends
-	BackendAddr Endpoint  // Config.Backends[Backend]
-	NATPort     uint16    // source port toward the backend
-	ClientMAC   [6]byte   // the MAC to answer the client with (source MAC of its SYN frame)
-	// TSOffset is added to the client's TCP timestamps (TSval) on the way
-	// to the backend and taken off the echoes (TSecr) on the way back; 0
-	// for most flows. See Table.Create.
-	TSOffset uint32
-	// SeqOffset is added to the client's sequence numbers on the way to
-	// the backend and taken off the backend's acknowledgment numbers and
-	// SACK edges on the way back; 0 for most flows. See Table.Create.
-	SeqOffset uint32
+	Key         ClientKey
+	BackendAddr Endpoint
+	NATPort     uint16
+	ClientMAC   [6]byte // the MAC the client's frames come from, to answer it with
+	LocalMAC    [6]byte // the MAC the client's frames are sent to, to answer it from
+	ClientIf    int32   // the interface the client's frames arrive on
+	Backend     uint32  // the engine's backend id
 
-	word     atomic.Uint32    // state | fin bits | liveBit
-	tsLast   atomic.Uint64    // recorded | the last TSval sent to the backend, after TSOffset
-	seqEnd   atomic.Uint64    // recorded | the furthest SeqEnd sent to the backend, after SeqOffset
-	lastSeen atomic.Int64     // Clock value of the last packet (or of Create)
-	packets  [2]atomic.Uint64 // indexed by Direction
-	bytes    [2]atomic.Uint64 // indexed by Direction
+	// TSOff is added to the client's TSval on the way to the backend and
+	// taken off the backend's TSecr on the way back; SeqOff likewise for
+	// the client's sequence numbers and the backend's acknowledgment
+	// numbers and SACK edges. They keep what the backend sees on each NAT
+	// port rising (see Table.Create).
+	TSOff, SeqOff uint32
+	// BTSOff and BSeqOff translate the backend's TSval and sequence
+	// numbers toward the client (and the client's TSecr and ACK back) for
+	// a flow whose handshake rawlb completed itself with a SYN cookie: the
+	// client knows rawlb's numbers, not the backend's. Zero otherwise.
+	BTSOff, BSeqOff uint32
+	// WinShift scales the backend's window toward the client of a SYN
+	// cookie flow when the window scale rawlb announced differs from the
+	// backend's: win << WinShift (a negative shift is to the right).
+	WinShift int8
+
+	state State
+	flags uint8
+	// Syn is the client's SYN (see SYN).
+	Syn   SYN
+	peers [2]peer // indexed by Direction: each side's sender state
+
+	// Created and LastSeen are Table clock values.
+	Created, LastSeen int64
+	// tsLast and seqEnd are the last TSval and the furthest sequence end
+	// sent toward the backend (after the offsets): what the backend's
+	// TIME_WAIT for the NAT port will remember.
+	tsLast, seqEnd uint32
+	// Cookie is rawlb's initial sequence number toward the client of a SYN
+	// cookie flow, and CookieTS the TSval it sent with it.
+	Cookie, CookieTS uint32
+	idx              uint32 // slab slot
 }
 
-// recorded marks a recorded 32-bit value (a TSval, a sequence number) in
-// the 64-bit word that holds it: 0 means none was seen.
-const recorded = 1 << 32
+// Flow flags.
+const (
+	flagTS          = 1 << iota // the flow carries TCP timestamps (tsLast is set)
+	flagLive                    // counted in the table's per-backend live counts
+	flagProxy                   // the handshake was completed with a SYN cookie
+	flagAssist                  // rawlb already sent the SYN again after a TIME_WAIT's ACK
+	flagEstablished             // the flow was Established at some time
+)
 
-// NoteTSval records the timestamp value last sent toward the backend (after
-// TSOffset). When the flow ends, its NAT port keeps it, so that the next
-// flow on the same port continues above it.
-func (f *Flow) NoteTSval(v uint32) { f.tsLast.Store(recorded | uint64(v)) }
+// State returns the flow's state.
+func (f *Flow) State() State { return f.state }
 
-// NoteSeqEnd records the end of a segment sent toward the backend (its
-// packet.TCP.SeqEnd, after SeqOffset), if it is beyond the furthest one so
-// far: a retransmission must not move it back. When the flow ends, its NAT
-// port keeps it, so that the next flow's SYN can be put beyond it. Only the
-// worker that handles the flow's client direction calls it (PACKET_FANOUT
-// hashes each direction of a flow to one worker), so the load and store
-// need not be one atomic step.
-func (f *Flow) NoteSeqEnd(end uint32) {
-	if old := f.seqEnd.Load(); old&recorded == 0 || int32(end-uint32(old)) > 0 {
-		f.seqEnd.Store(recorded | uint64(end))
-	}
-}
+// EverEstablished reports whether the flow's handshake ever completed.
+func (f *Flow) EverEstablished() bool { return f.flags&flagEstablished != 0 }
 
-// setOffsets chooses the flow's TSOffset and SeqOffset for its SYN, given
-// what the NAT port's previous flow left (see Table.Create).
-func (f *Flow) setOffsets(syn SYN, last portMemory) {
-	tsCovers := syn.HasTS && last.ts&recorded != 0
-	if tsCovers {
-		if prev := uint32(last.ts); int32(syn.TSval-prev) <= 0 {
-			f.TSOffset = prev - syn.TSval + 1
-		}
-	}
-	if syn.HasTS {
-		f.tsLast.Store(recorded | uint64(syn.TSval+f.TSOffset))
-	}
-	if !tsCovers && last.seqEnd&recorded != 0 {
-		if prev := uint32(last.seqEnd); int32(syn.Seq-prev) <= 0 {
-			f.SeqOffset = prev + seqGap - syn.Seq
-		}
-	}
-	f.seqEnd.Store(recorded | uint64(syn.Seq+f.SeqOffset+1))
-}
+// Assisted reports whether rawlb already sent the SYN again for this flow
+// after a backend's TIME_WAIT refused it, and MarkAssisted records that it
+// did.
+func (f *Flow) Assisted() bool { return f.flags&flagAssist != 0 }
 
-// State returns the flow's current state.
-func (f *Flow) State() State { return State(f.word.Load() & stateMask) }
+// MarkAssisted: see Assisted.
+func (f *Flow) MarkAssisted() { f.flags |= flagAssist }
 
-// LastSeen returns the Clock value of the flow's last packet, or of its
-// creation if it has seen none.
-func (f *Flow) LastSeen() int64 { return f.lastSeen.Load() }
-
-// Counters returns the packets and IP bytes observed in direction d.
-func (f *Flow) Counters(d Direction) (packets, bytes uint64) {
-	return f.packets[d&1].Load(), f.bytes[d&1].Load()
-}
+// Proxied reports whether rawlb completed the client's handshake itself
+// with a SYN cookie.
+func (f *Flow) Proxied() bool { return f.flags&flagProxy != 0 }
 
 // ReverseKey returns the key under which replies from the backend find f.
 func (f *Flow) ReverseKey() BackendKey {
 	return BackendKey{Backend: f.BackendAddr, NATPort: f.NATPort}
 }
 
-// String describes the flow for logs.
-func (f *Flow) String() string {
-	return fmt.Sprintf("%v->%v via :%d to %v %v", f.Key.Client, f.Key.VIP, f.NATPort, f.BackendAddr, f.State())
+// NoteToBackend records what a segment forwarded to the backend carried,
+// after the offsets: its TSval (if ts) and its sequence end. When the flow
+// ends, its NAT port keeps both, so that the next flow on the port starts
+// above them.
+func (f *Flow) NoteToBackend(tsval uint32, ts bool, seqEnd uint32) {
+	if ts {
+		f.tsLast = tsval
+		f.flags |= flagTS
+	}
+	if int32(seqEnd-f.seqEnd) > 0 {
+		f.seqEnd = seqEnd
+	}
 }
 
-// next computes the state word after a packet from d with the given flags.
-//
-// Deliberate choices:
-//   - Closed is final, and Closing only moves to Closed (on RST): a late
-//     SYN-ACK or FIN must not resurrect a flow that no longer counts as live.
-//   - A FIN before the handshake completes is ignored. No real stack sends
-//     one (a client closing in SYN_SENT just drops its TCB), and honouring it
-//     would let a spoofed SYN then FIN pin a table slot for the hour-long
-//     EstablishedTimeout instead of the 30 s HalfOpenTimeout.
-func next(w uint32, d Direction, flags uint8) uint32 {
-	s := State(w & stateMask)
-	switch {
-	case s == StateClosed:
-		return w
-	case flags&FlagRST != 0:
-		return w&^(stateMask|liveBit) | uint32(StateClosed)
-	case s == StateClosing:
-		return w
+// SentSYN records a SYN sent toward the backend (again): unlike data, it
+// restarts the sequence end, which may move backwards when the offsets
+// changed.
+func (f *Flow) SentSYN(tsval uint32, ts bool, seqEnd uint32) {
+	if ts {
+		f.tsLast = tsval
+		f.flags |= flagTS
 	}
-	if s == StateSynSent {
-		if d != FromBackend || flags&(FlagSYN|FlagACK) != FlagSYN|FlagACK {
-			return w
-		}
-		s = StateEstablished
-	}
-	if flags&FlagFIN != 0 {
-		if d == FromClient {
-			w |= finClient
-		} else {
-			w |= finBackend
-		}
-		s = StateFinWait
-		if w&finBoth == finBoth {
-			s = StateClosing
-			w &^= liveBit
-		}
-	}
-	return w&^stateMask | uint32(s)
+	f.seqEnd = seqEnd
+}
+
+// String describes the flow for logs.
+func (f *Flow) String() string {
+	return fmt.Sprintf("%v->%v via :%d to %v %v", f.Key.Client, f.Key.VIP, f.NATPort, f.BackendAddr, f.state)
 }

@@ -1,88 +1,116 @@
 package conntrack
 
-import (
-	"math"
-	"sync"
-)
+import "math"
 
 // neverFreed marks a port that has not been used since New, so it is never
 // in quiet time.
 const neverFreed = math.MinInt64
 
-// natPorts is the free list of NAT ports toward one backend: a FIFO ring, so
+// natPorts is one worker's share of the NAT ports toward one backend: the
+// ports p of the range with p % workers == worker, on a FIFO free list, so
 // allocation always takes the least recently freed port. That is the whole
 // quiet-time policy: a port freed a moment ago sits behind every port freed
-// earlier, and comes out of the head only once all of those are in use again.
-// The backend may still hold the old connection in TIME_WAIT (60 s on Linux),
-// and a SYN reusing the same 4-tuple could be answered with a stale ACK or
-// dropped, so reuse is put off as long as something else is free.
+// earlier, and comes out of the head only once all of those are in use
+// again. The backend may still hold the old connection in TIME_WAIT (60 s on
+// Linux), so reuse is put off as long as something else is free.
 //
 // Parallel slices instead of a slice of structs: 26 bytes per port instead
-// of 32, about 520 KB per backend for the default 20,000-port range.
+// of 32. Only the owning worker touches it.
 type natPorts struct {
-	mu    sync.Mutex
-	port  []uint16 // ring of free ports, len = size of the range
+	port  []uint16 // ring of free ports
 	freed []int64  // freed[i] is when port[i] was freed, or neverFreed
 	head  int      // index of the least recently freed port
 	n     int      // free ports in the ring
 
-	// last[port-first] is what the backend's TIME_WAIT for the port
+	// mem[(p-base)/step] is what the backend's TIME_WAIT for port p
 	// remembers of the previous flow on it (see Table.Create).
-	last  []portMemory
-	first uint16
-}
-
-func newNATPorts(first, last uint16) *natPorts {
-	size := int(last) - int(first) + 1
-	p := &natPorts{
-		port:  make([]uint16, size),
-		freed: make([]int64, size),
-		n:     size,
-		last:  make([]portMemory, size),
-		first: first,
-	}
-	for i := range size {
-		p.port[i] = first + uint16(i)
-		p.freed[i] = neverFreed
-	}
-	return p
+	mem  []portMemory
+	base uint16 // the share's first port
+	step uint16 // the number of workers
 }
 
 // portMemory is what a flow leaves behind on its NAT port for the next one.
 type portMemory struct {
-	ts     uint64 // recorded | the last TSval sent to the backend, or 0
-	seqEnd uint64 // recorded | the end of the last segment sent to the backend, or 0
+	ts     uint32 // the last TSval sent to the backend, if memTS
+	seqEnd uint32 // the end of the last segment sent to the backend, if memSeq
+	flags  uint8
+}
+
+const (
+	memTS = 1 << iota
+	memSeq
+)
+
+func newNATPorts(first, last uint16, worker, workers int) *natPorts {
+	base := int(first) + ((worker-int(first))%workers+workers)%workers
+	p := &natPorts{base: uint16(base), step: uint16(workers)}
+	for q := base; q <= int(last); q += workers {
+		p.port = append(p.port, uint16(q))
+		p.freed = append(p.freed, neverFreed)
+	}
+	p.n = len(p.port)
+	p.mem = make([]portMemory, len(p.port))
+	return p
+}
+
+// index returns port's index in mem, or -1 if it is not in the share.
+func (p *natPorts) index(port uint16) int {
+	if port < p.base || (port-p.base)%p.step != 0 {
+		return -1
+	}
+	if i := int(port-p.base) / int(p.step); i < len(p.mem) {
+		return i
+	}
+	return -1
 }
 
 // get pops the least recently freed port. quiet reports that the port was
 // freed less than quietNs before now (every free port is then in quiet time).
-// last is what put recorded for the port. ok is false when no port is free.
-func (p *natPorts) get(now, quietNs int64) (port uint16, last portMemory, quiet, ok bool) {
-	p.mu.Lock()
+// ok is false when no port is free.
+func (p *natPorts) get(now, quietNs int64) (port uint16, mem portMemory, quiet, ok bool) {
 	if p.n == 0 {
-		p.mu.Unlock()
 		return 0, portMemory{}, false, false
 	}
 	port, freed := p.port[p.head], p.freed[p.head]
-	last = p.last[port-p.first]
+	if i := p.index(port); i >= 0 {
+		mem = p.mem[i]
+	}
 	p.head++
 	if p.head == len(p.port) {
 		p.head = 0
 	}
 	p.n--
-	p.mu.Unlock()
-	return port, last, freed != neverFreed && now-freed < quietNs, true
+	return port, mem, freed != neverFreed && now-freed < quietNs, true
+}
+
+// take removes a given port from the free list (a flow restored from a
+// hand-off keeps the port it had), reporting whether it was free.
+func (p *natPorts) take(port uint16) bool {
+	for k := 0; k < p.n; k++ {
+		i := (p.head + k) % len(p.port)
+		if p.port[i] != port {
+			continue
+		}
+		// Move the head's entry into the hole, keeping the rest in order
+		// well enough: the taken port was free, the head one rested longest.
+		p.port[i], p.freed[i] = p.port[p.head], p.freed[p.head]
+		p.head++
+		if p.head == len(p.port) {
+			p.head = 0
+		}
+		p.n--
+		return true
+	}
+	return false
 }
 
 // put appends port to the tail, freed at now, remembering what the flow
-// left (see portMemory). Callers free a port only after
-// removing its flow from the reverse index, and only once per allocation, so
-// the ring cannot overflow; the check makes a bug elsewhere lose a port rather
-// than corrupt the ring.
-func (p *natPorts) put(port uint16, now int64, last portMemory) {
-	p.mu.Lock()
-	if i := int(port) - int(p.first); i >= 0 && i < len(p.last) {
-		p.last[i] = last
+// left. A port is freed only once per allocation, so the ring cannot
+// overflow; the check makes a bug elsewhere lose a port rather than corrupt
+// the ring.
+func (p *natPorts) put(port uint16, now int64, mem portMemory) {
+	if i := p.index(port); i >= 0 {
+		p.mem[i] = mem
 	}
 	if p.n < len(p.port) {
 		i := p.head + p.n
@@ -92,12 +120,4 @@ func (p *natPorts) put(port uint16, now int64, last portMemory) {
 		p.port[i], p.freed[i] = port, now
 		p.n++
 	}
-	p.mu.Unlock()
-}
-
-// free returns how many ports are free.
-func (p *natPorts) free() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.n
 }

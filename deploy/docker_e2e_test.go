@@ -750,7 +750,7 @@ func runChatDemo(t *testing.T, e *engine, tool composeTool, l demoLayout) {
 	if err != nil {
 		t.Fatalf("docker logs %s: %v\n%s", s.lbID, err, logs)
 	}
-	if want := `msg="backend down" backend=` + stopped.backend; !strings.Contains(string(logs), want) {
+	if want := `msg="backend down" service=default backend=` + stopped.backend; !strings.Contains(string(logs), want) {
 		t.Errorf("rawlb's log has no %s:\n%s", want, logs)
 	} else {
 		for _, line := range strings.Split(string(logs), "\n") {
@@ -844,7 +844,8 @@ func (s *stack) composeOutput(args ...string) string {
 type metrics map[string]float64
 
 func (m metrics) get(name, backend string) float64 {
-	return m[fmt.Sprintf("%s{backend=%q}", name, backend)]
+	// The command line's backends form the service "default".
+	return m[fmt.Sprintf("%s{backend=%q,service=\"default\"}", name, backend)]
 }
 
 // scrape reads rawlb's metrics from the Docker host, the engine's network

@@ -1,298 +1,476 @@
-// Package healthcheck decides which backends are up by connecting to them.
+// Package healthcheck decides which backends are up by checking them: a TCP
+// connect (optionally with a send and an expected reply) or an HTTP GET.
 //
-// A check is a TCP connect and close: it proves the backend's kernel
-// accepts connections on the service port, which is what rawlb forwards to.
-// A backend goes down after Fall failed checks in a row and comes back after
-// Rise good ones, so a single lost SYN neither drops a backend nor revives a
-// flapping one. The per-packet path reads the result with Healthy, one
-// atomic load.
+// A backend goes down after Fall failed checks in a row and comes back
+// after Rise passed ones, so a single lost SYN neither drops a backend nor
+// revives a flapping one. The set of targets changes at run time with Set,
+// which keeps the state and schedule of every target whose check did not
+// change, so a reload does not make healthy backends blink. The packet
+// path reads the result with Healthy: no lock, no allocation.
+//
+// Health checks are the balancer host's own TCP connections, made through
+// the kernel's stack from its ephemeral port range; every one is closed
+// when its check ends, including when Set removes its target mid-check.
 package healthcheck
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"log/slog"
+	"math/rand/v2"
 	"net"
 	"sync"
 	"sync/atomic"
 	"time"
 )
 
-// Defaults for the zero fields of Config.
-const (
-	DefaultInterval = 2 * time.Second
-	DefaultTimeout  = 1 * time.Second
-	DefaultRise     = 2
-	DefaultFall     = 3
-)
-
-// Config tunes a Checker. Zero fields take the defaults above.
+// Config is what a Checker reports to and how it connects. Every field is
+// optional.
 type Config struct {
-	// Interval is the time between the starts of two checks of a backend.
-	Interval time.Duration
-	// Timeout bounds one check. It may not exceed Interval, so a check
-	// always ends before the next one is due. Zero means DefaultTimeout or
-	// Interval, whichever is shorter.
-	Timeout time.Duration
-	// Rise is how many successes in a row bring a down backend up.
-	Rise int
-	// Fall is how many failures in a row take an up backend down.
-	Fall int
-	// Dial performs one check against addr and must give up when ctx is
-	// done (ctx carries the Timeout deadline). The default connects over
-	// TCP and closes the connection at once.
-	Dial func(ctx context.Context, addr string) error
+	// OnChange is called for every state transition, including the first
+	// state a target gets from its first check. It runs on a checking
+	// goroutine and holds up further checks of that target (not of others)
+	// until it returns; calls for one target never overlap and arrive in
+	// order. It must not call Set.
+	OnChange func(Event)
+	// OnResult is called after every check with how long it took, for
+	// metrics. It runs like OnChange, before OnChange for the same check.
+	// It must not call Set.
+	OnResult func(id uint32, ok bool, d time.Duration)
+	// Dialer connects to a target; it must give up when ctx is done (ctx
+	// carries the check's Timeout). nil means a net.Dialer.
+	Dialer func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Logger gets one line per state transition (Info up, Warn down) and a
+	// Debug line per failed check and per target Set adds, changes or
+	// removes. nil logs nothing.
+	Logger *slog.Logger
 }
 
-// Event reports a backend changing state.
+// Event reports a target changing state.
 type Event struct {
-	// Backend is the index of the backend in the list given to New.
-	Backend int
-	// Addr is its address.
+	// ID, Name and Addr are the target's, as of the check that decided.
+	ID   uint32
+	Name string
 	Addr string
 	// Up is the new state.
 	Up bool
-	// Err is the error of the check that took the backend down; nil when
-	// it comes up.
+	// Err is why the target went down: the error of the check that
+	// crossed Fall (or of its first check). nil when it comes up.
 	Err error
 }
 
 // String formats e for logs.
 func (e Event) String() string {
 	if e.Up {
-		return fmt.Sprintf("backend %d (%s) up", e.Backend, e.Addr)
+		return fmt.Sprintf("%s (%s) up", e.Name, e.Addr)
 	}
-	return fmt.Sprintf("backend %d (%s) down: %v", e.Backend, e.Addr, e.Err)
+	return fmt.Sprintf("%s (%s) down: %v", e.Name, e.Addr, e.Err)
 }
 
-// Checker tracks the health of a fixed list of backends.
+// Checker checks a changing set of targets, each on its own schedule.
+// Its methods are safe for concurrent use.
 type Checker struct {
-	cfg      Config
-	backends []backend
-	// healthy is separate from backends so that the per-packet readers
-	// touch a dense array of flags, not the mutex-guarded check state.
-	healthy []atomic.Bool
-
 	onChange func(Event)
-	onResult func(backend int, ok bool, d time.Duration)
+	onResult func(id uint32, ok bool, d time.Duration)
+	dial     func(ctx context.Context, network, addr string) (net.Conn, error)
+	log      *slog.Logger
+
+	// index is what Healthy reads: Set publishes a new map and never
+	// changes a published one, so a reader needs no lock.
+	index atomic.Pointer[map[uint32]*target]
+
+	mu      sync.Mutex         // serialises Set and the start and end of Run
+	targets map[uint32]*target // the published map
+	runCtx  context.Context    // Run's context while Run runs, else nil
+	loops   sync.WaitGroup     // Run's per-target goroutines
+	live    atomic.Int32       // loops running, for tests of their removal
 }
 
-// backend is the check state of one backend. mu serialises whole checks of
-// the backend (dial and bookkeeping), so results are applied in the order
-// the checks ran and callbacks for one backend never overlap.
-type backend struct {
-	addr string
+// target is the state of one target. Its identity is the ID: a change of
+// address or check keeps the struct (and the state Healthy reads) and bumps
+// gen, so the result of a check started before the change is dropped.
+type target struct {
+	id uint32
+	// up is the state Healthy reads.
+	up atomic.Bool
+	// sem holds a token while a check of the target runs, so that Run's
+	// schedule and CheckOnce never check one target twice at once.
+	sem chan struct{}
+	// report is held while a result is applied and reported. Set takes it
+	// after removing or changing the target to wait out a report already
+	// under way, so that no event about the old target follows Set.
+	report sync.Mutex
+	// wake tells the target's Run goroutine that Set moved its schedule.
+	wake chan struct{}
+	// stop ends the target's Run goroutine; guarded by Checker.mu.
+	stop context.CancelFunc
 
-	mu     sync.Mutex
-	known  bool // a first result has set the state
-	streak int  // checks in a row that disagree with the current state
+	mu      sync.Mutex
+	name    string
+	addr    string
+	check   Check
+	expect  []byte // check.Expect, converted once
+	gen     uint64
+	removed bool
+	known   bool      // a result of the current gen or before set the state
+	streak  int       // results in a row that disagree with the state
+	since   time.Time // when the state began (or the target was added)
+	lastErr error     // of the last check; nil if it passed
+	next    time.Time // when the next scheduled check is due; zero: not scheduled yet
+	cancel  context.CancelFunc
 }
 
-// New returns a Checker for addrs (host:port each), with all backends down
-// until the first round of checks (CheckOnce or Run) says otherwise.
-func New(addrs []string, cfg Config) (*Checker, error) {
-	if len(addrs) == 0 {
-		return nil, errors.New("healthcheck: no backends to check")
-	}
-	for i, a := range addrs {
-		if _, _, err := net.SplitHostPort(a); err != nil {
-			return nil, fmt.Errorf("healthcheck: backend %d: %q is not host:port: %w", i, a, err)
-		}
-	}
-	if cfg.Interval == 0 {
-		cfg.Interval = DefaultInterval
-	}
-	if cfg.Timeout == 0 {
-		// A short Interval alone must not fail validation against the
-		// default Timeout.
-		cfg.Timeout = min(DefaultTimeout, cfg.Interval)
-	}
-	if cfg.Rise == 0 {
-		cfg.Rise = DefaultRise
-	}
-	if cfg.Fall == 0 {
-		cfg.Fall = DefaultFall
-	}
-	if cfg.Dial == nil {
-		cfg.Dial = dialTCP
-	}
-	switch {
-	case cfg.Interval < 0:
-		return nil, fmt.Errorf("healthcheck: interval %v is negative", cfg.Interval)
-	case cfg.Timeout < 0:
-		return nil, fmt.Errorf("healthcheck: timeout %v is negative", cfg.Timeout)
-	case cfg.Timeout > cfg.Interval:
-		return nil, fmt.Errorf("healthcheck: timeout %v exceeds interval %v: lower the timeout or raise the interval", cfg.Timeout, cfg.Interval)
-	case cfg.Rise < 0:
-		return nil, fmt.Errorf("healthcheck: rise %d is negative: it counts successes in a row, at least 1", cfg.Rise)
-	case cfg.Fall < 0:
-		return nil, fmt.Errorf("healthcheck: fall %d is negative: it counts failures in a row, at least 1", cfg.Fall)
-	}
+// New returns a Checker with no targets; give it some with Set.
+func New(cfg Config) *Checker {
 	c := &Checker{
-		cfg:      cfg,
-		backends: make([]backend, len(addrs)),
-		healthy:  make([]atomic.Bool, len(addrs)),
+		onChange: cfg.OnChange,
+		onResult: cfg.OnResult,
+		dial:     cfg.Dialer,
+		log:      cfg.Logger,
+		targets:  map[uint32]*target{},
 	}
-	for i, a := range addrs {
-		c.backends[i].addr = a
+	// The published map, not &c.targets: Set reassigns the field.
+	none := c.targets
+	if c.dial == nil {
+		// KeepAlive is off: a check's connection lives for one exchange.
+		d := &net.Dialer{KeepAlive: -1}
+		c.dial = d.DialContext
 	}
-	return c, nil
+	if c.log == nil {
+		c.log = slog.New(slog.DiscardHandler)
+	}
+	c.index.Store(&none)
+	return c
 }
 
-// dialTCP is the default check: a full TCP handshake, then close.
-func dialTCP(ctx context.Context, addr string) error {
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return err
-	}
-	return conn.Close()
+// Healthy reports whether target id is up; an unknown or removed id is
+// down. It is safe at packet rate from any goroutine: an atomic pointer
+// load, a map lookup and an atomic load, no lock, no allocation.
+func (c *Checker) Healthy(id uint32) bool {
+	t := (*c.index.Load())[id]
+	return t != nil && t.up.Load()
 }
 
-// Len returns the number of backends.
-func (c *Checker) Len() int { return len(c.healthy) }
-
-// Addr returns backend i's address.
-func (c *Checker) Addr(i int) string { return c.backends[i].addr }
-
-// Healthy reports whether backend i is up. It is safe to call from any
-// goroutine at packet rate: a bounds check and one atomic load, no
-// allocation. An index out of range is reported as down rather than
-// panicking, so a stale index in a flow never crashes the data path.
-func (c *Checker) Healthy(i int) bool {
-	if uint(i) >= uint(len(c.healthy)) {
-		return false
+// Status returns target id's state, when it began (when the target was
+// added, if it has had no result yet), and the error of its last check (nil
+// if that check passed or none has run). ok is false for an unknown id.
+func (c *Checker) Status(id uint32) (up bool, since time.Time, lastErr error, ok bool) {
+	t := (*c.index.Load())[id]
+	if t == nil {
+		return false, time.Time{}, nil, false
 	}
-	return c.healthy[i].Load()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.up.Load(), t.since, t.lastErr, true
 }
 
-// HealthyCount returns how many backends are up, for metrics and for
-// deciding that no backend can take a new connection.
-func (c *Checker) HealthyCount() int {
-	n := 0
-	for i := range c.healthy {
-		if c.healthy[i].Load() {
-			n++
+// Set replaces the set of targets. It validates every target first and
+// changes nothing if one is invalid or two share an ID.
+//
+//   - A target whose ID, Addr and Check are unchanged keeps its state, its
+//     counts and its schedule; a new Name only changes what logs say.
+//   - A target whose Addr or Check changed keeps its current state until
+//     its new checks decide it, with Rise and Fall counted afresh from the
+//     first new check, which is due within a tenth of the new interval.
+//     A check of the old address or check still in flight is cancelled and
+//     its result dropped.
+//   - A new target starts down; its first result sets its state directly.
+//     Under Run its first check is due within a tenth of its interval.
+//   - A removed target stops: its check in flight is cancelled, its Run
+//     goroutine ends, Healthy reports it down, and no OnChange or OnResult
+//     call for it follows Set's return.
+func (c *Checker) Set(targets []Target) error {
+	want := make([]Target, len(targets))
+	seen := make(map[uint32]int, len(targets))
+	for i, tg := range targets {
+		if j, dup := seen[tg.ID]; dup {
+			return fmt.Errorf("healthcheck: targets %d (%s) and %d (%s) share ID %d", j, targets[j].Name, i, tg.Name, tg.ID)
+		}
+		seen[tg.ID] = i
+		var err error
+		if want[i], err = tg.withDefaults(); err != nil {
+			return fmt.Errorf("healthcheck: target %d (%s): %w", tg.ID, tg.Name, err)
 		}
 	}
-	return n
+
+	c.mu.Lock()
+	now := time.Now()
+	var settle []*target // removed or changed: wait out their reports
+	next := make(map[uint32]*target, len(want))
+	for _, tg := range want {
+		t := c.targets[tg.ID]
+		if t == nil {
+			t = &target{
+				id:     tg.ID,
+				sem:    make(chan struct{}, 1),
+				wake:   make(chan struct{}, 1),
+				name:   tg.Name,
+				addr:   tg.Addr,
+				check:  tg.Check,
+				expect: []byte(tg.Check.Expect),
+				since:  now,
+			}
+			if c.runCtx != nil {
+				c.startLoop(t)
+			}
+			c.log.Debug("health check added", "backend", tg.Name, "addr", tg.Addr, "kind", tg.Check.Kind)
+			next[tg.ID] = t
+			continue
+		}
+		t.mu.Lock()
+		t.name = tg.Name
+		if t.addr != tg.Addr || t.check != tg.Check {
+			t.gen++
+			t.addr, t.check, t.expect = tg.Addr, tg.Check, []byte(tg.Check.Expect)
+			t.streak = 0
+			t.next = now.Add(firstDelay(tg.Check.Interval))
+			if t.cancel != nil {
+				t.cancel()
+			}
+			select {
+			case t.wake <- struct{}{}:
+			default: // a wake-up is already pending
+			}
+			settle = append(settle, t)
+			c.log.Debug("health check changed", "backend", tg.Name, "addr", tg.Addr, "kind", tg.Check.Kind)
+		}
+		t.mu.Unlock()
+		next[tg.ID] = t
+	}
+	for id, t := range c.targets {
+		if next[id] != nil {
+			continue
+		}
+		if t.stop != nil {
+			// Before marking it removed, so its goroutine finds its context
+			// done rather than spinning on checks that return at once.
+			t.stop()
+			t.stop = nil
+		}
+		t.mu.Lock()
+		t.removed = true
+		if t.cancel != nil {
+			t.cancel()
+		}
+		c.log.Debug("health check removed", "backend", t.name, "addr", t.addr)
+		t.mu.Unlock()
+		settle = append(settle, t)
+	}
+	c.targets = next
+	c.index.Store(&next)
+	c.mu.Unlock()
+
+	for _, t := range settle {
+		t.report.Lock()
+		//lint:ignore SA2001 an empty critical section: waiting for a report in flight to end is the point
+		t.report.Unlock()
+	}
+	return nil
 }
 
-// OnChange sets the function called once for every state transition,
-// including the first state each backend gets from its first check. It
-// must be set before CheckOnce or Run. fn runs on a checking goroutine and
-// holds up further checks of that backend (not of others) until it
-// returns; calls for one backend never overlap and arrive in order.
-func (c *Checker) OnChange(fn func(Event)) { c.onChange = fn }
-
-// OnResult sets the function called after every check, with how long the
-// check took, for metrics. It must be set before CheckOnce or Run and runs
-// like OnChange's function.
-func (c *Checker) OnResult(fn func(backend int, ok bool, d time.Duration)) { c.onResult = fn }
-
-// CheckOnce checks every backend once, all in parallel, and returns when
-// all checks are done. Called before Run (Run does it itself) it gives the
-// balancer a true picture before the first packet instead of starting with
-// every backend down.
+// CheckOnce checks every target once now, all in parallel, and returns when
+// all checks are done. Called before traffic it gives the balancer a true
+// picture for the first SYN instead of every backend down. A target's next
+// scheduled check under Run follows an Interval after this one. If ctx is
+// already done it checks nothing.
 func (c *Checker) CheckOnce(ctx context.Context) {
 	var wg sync.WaitGroup
-	for i := range c.backends {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c.check(ctx, i)
-		}()
+	for _, t := range *c.index.Load() {
+		wg.Go(func() { c.check(ctx, t, false) })
 	}
 	wg.Wait()
 }
 
-// Run checks every backend at once, then each backend every Interval until
-// ctx is done, and returns after the last check has finished. Every
-// backend has its own schedule, so a backend whose checks hang until the
-// timeout does not delay the others.
+// Run checks every target on its own schedule until ctx is done, then
+// returns once the checks in flight have been cancelled and their
+// goroutines have ended. Targets Set adds while Run runs are checked too.
+// A target with no result yet is first checked within a tenth of its
+// interval; call CheckOnce first for every state to be known at once. Run
+// may be called again after it returns, but not twice at the same time.
 func (c *Checker) Run(ctx context.Context) {
-	c.CheckOnce(ctx)
-	var wg sync.WaitGroup
-	for i := range c.backends {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			t := time.NewTicker(c.cfg.Interval)
-			defer t.Stop()
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case <-t.C:
-					c.check(ctx, i)
-				}
-			}
-		}()
+	c.mu.Lock()
+	if c.runCtx != nil {
+		c.mu.Unlock()
+		panic("healthcheck: Run called while Run is running")
 	}
-	wg.Wait()
+	c.runCtx = ctx
+	for _, t := range c.targets {
+		c.startLoop(t)
+	}
+	c.mu.Unlock()
+
+	<-ctx.Done()
+
+	c.mu.Lock()
+	c.runCtx = nil
+	for _, t := range c.targets {
+		if t.stop != nil {
+			t.stop()
+			t.stop = nil
+		}
+	}
+	c.mu.Unlock()
+	c.loops.Wait()
 }
 
-// check runs one check of backend i and applies its result.
-func (c *Checker) check(ctx context.Context, i int) {
-	b := &c.backends[i]
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if ctx.Err() != nil {
-		return
-	}
+// startLoop starts t's Run goroutine. c.mu must be held and Run running.
+func (c *Checker) startLoop(t *target) {
+	ctx, stop := context.WithCancel(c.runCtx)
+	t.stop = stop
+	c.loops.Add(1)
+	c.live.Add(1)
+	go c.loop(ctx, t)
+}
 
-	start := time.Now()
-	dctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
-	err := c.cfg.Dial(dctx, b.addr)
-	if err == nil && dctx.Err() != nil {
-		// A Dial that ignored its deadline and reported success late.
-		err = dctx.Err()
+// loop checks t whenever its next check is due, until ctx is done.
+func (c *Checker) loop(ctx context.Context, t *target) {
+	defer c.loops.Done()
+	defer c.live.Add(-1)
+	t.mu.Lock()
+	if t.next.IsZero() {
+		t.next = time.Now().Add(firstDelay(t.check.Interval))
 	}
-	cancel()
-	d := time.Since(start)
-	// A check cut short by shutdown says nothing about the backend; counting
-	// it would take every backend down on the way out.
-	if ctx.Err() != nil {
+	t.mu.Unlock()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		t.mu.Lock()
+		wait := time.Until(t.next)
+		t.mu.Unlock()
+		if wait > 0 {
+			// Timer.Reset drops a stale expiry (Go 1.23 timers), so the
+			// timer is reused without draining.
+			timer.Reset(wait)
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.wake: // Set moved the schedule
+			case <-timer.C: // due, unless CheckOnce moved it: look again
+			}
+			continue
+		}
+		c.check(ctx, t, true)
+		if ctx.Err() != nil {
+			return
+		}
+	}
+}
+
+// jitterShare is the width of the window a check's start is spread over,
+// as a share of the interval (10%): hundreds of backends added by one
+// reload, or started by one Run, are checked over 200 ms of a 2 s interval
+// instead of in one burst of SYNs from the balancer, and keep drifting
+// apart instead of falling into step.
+const jitterShare = 10
+
+// firstDelay is when a target's first check under Run is due: within the
+// first tenth of its interval.
+func firstDelay(interval time.Duration) time.Duration {
+	if w := interval / jitterShare; w > 0 {
+		return rand.N(w)
+	}
+	return 0
+}
+
+// nextDelay is the time from the start of one check to the start of the
+// next: Interval, plus or minus half the jitter window, so the mean period
+// is Interval.
+func nextDelay(interval time.Duration) time.Duration {
+	w := interval / jitterShare
+	if w <= 0 {
+		return interval
+	}
+	return interval - w/2 + rand.N(w)
+}
+
+// check runs one check of t and applies its result. scheduled is true for
+// Run's checks, which are skipped if CheckOnce checked t meanwhile.
+func (c *Checker) check(ctx context.Context, t *target, scheduled bool) {
+	select {
+	case t.sem <- struct{}{}:
+	case <-ctx.Done():
 		return
 	}
+	defer func() { <-t.sem }()
+
+	t.mu.Lock()
+	start := time.Now()
+	if t.removed || ctx.Err() != nil || (scheduled && start.Before(t.next)) {
+		t.mu.Unlock()
+		return
+	}
+	gen, addr, ck, expect := t.gen, t.addr, t.check, t.expect
+	t.next = start.Add(nextDelay(ck.Interval))
+	cctx, cancel := context.WithTimeout(ctx, ck.Timeout)
+	t.cancel = cancel
+	t.mu.Unlock()
+
+	err := c.probe(cctx, addr, &ck, expect)
+	d := time.Since(start)
+	cancel()
 	ok := err == nil
 
-	if c.onResult != nil {
-		c.onResult(i, ok, d)
+	t.report.Lock()
+	defer t.report.Unlock()
+	t.mu.Lock()
+	t.cancel = nil
+	// A check cut short by shutdown says nothing about the backend (counting
+	// it would take every backend down on the way out), and one whose
+	// target Set removed or changed meanwhile is about a target that is
+	// gone.
+	if ctx.Err() != nil || t.removed || t.gen != gen {
+		t.mu.Unlock()
+		return
 	}
-	if c.apply(i, b, ok) && c.onChange != nil {
-		ev := Event{Backend: i, Addr: b.addr, Up: ok}
-		if !ok {
-			ev.Err = err
-		}
+	t.lastErr = err
+	changed := t.apply(ok, time.Now())
+	ev := Event{ID: t.id, Name: t.name, Addr: addr, Up: ok, Err: err}
+	t.mu.Unlock()
+
+	if !ok {
+		c.log.Debug("health check failed", "backend", ev.Name, "addr", addr, "err", err, "took", d)
+	}
+	if c.onResult != nil {
+		c.onResult(t.id, ok, d)
+	}
+	if !changed {
+		return
+	}
+	if ok {
+		c.log.Info("backend up", "backend", ev.Name, "addr", addr)
+	} else {
+		c.log.Warn("backend down", "backend", ev.Name, "addr", addr, "err", err)
+	}
+	if c.onChange != nil {
 		c.onChange(ev)
 	}
 }
 
-// apply records one result for backend i and reports whether its state
-// changed. The first result sets the state outright; after that, Rise
-// successes or Fall failures in a row are needed to flip it.
-func (c *Checker) apply(i int, b *backend, ok bool) bool {
-	up := c.healthy[i].Load()
-	if !b.known {
-		b.known = true
-		b.streak = 0
-		c.healthy[i].Store(ok)
+// apply records one result and reports whether the state changed. The
+// first result sets the state outright; after that, Rise passed or Fall
+// failed checks in a row are needed to flip it. t.mu must be held.
+func (t *target) apply(ok bool, now time.Time) bool {
+	if !t.known {
+		t.known = true
+		t.streak = 0
+		t.up.Store(ok)
+		t.since = now
 		return true
 	}
-	if ok == up {
-		b.streak = 0
+	if ok == t.up.Load() {
+		t.streak = 0
 		return false
 	}
-	b.streak++
-	need := c.cfg.Fall
+	t.streak++
+	need := t.check.Fall
 	if ok {
-		need = c.cfg.Rise
+		need = t.check.Rise
 	}
-	if b.streak < need {
+	if t.streak < need {
 		return false
 	}
-	b.streak = 0
-	c.healthy[i].Store(ok)
+	t.streak = 0
+	t.up.Store(ok)
+	t.since = now
 	return true
 }

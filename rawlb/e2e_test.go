@@ -57,6 +57,10 @@ type setup struct {
 	backends []*netlab.Backend
 	lb       *netlab.Process
 	vip      string
+	// stateDir is the balancer's state directory, the lab's own: a
+	// restart test starts the next process on it.
+	stateDir string
+	args     []string // the command line the balancer was started with
 }
 
 // start builds the lab, starts a test backend on each backend host and
@@ -92,11 +96,12 @@ func launchWith(t *testing.T, lab *netlab.Lab, backends []string, flags ...strin
 	t.Helper()
 	skipE2E(t)
 	bin := netlab.BuildBinary(t, "github.com/rawlb/rawlb/cmd/rawlb")
-	s := &setup{lab: lab, vip: fmt.Sprintf("%s:%d", lab.Balancer.IP, lbPort)}
-	args := []string{"-metrics", metricsAddr, "-hc-interval", "500ms", "-hc-timeout", "400ms"}
+	s := &setup{lab: lab, vip: fmt.Sprintf("%s:%d", lab.Balancer.IP, lbPort), stateDir: t.TempDir()}
+	args := []string{"-metrics", metricsAddr, "-hc-interval", "500ms", "-hc-timeout", "400ms", "-state-dir", s.stateDir}
 	args = append(args, flags...)
 	args = append(args, lab.Balancer.IP.String())
 	args = append(args, backends...)
+	s.args = args
 	s.lb = lab.Balancer.StartProcess(t, bin, args...)
 	if err := s.lb.WaitForOutput("rawlb started", 20*time.Second); err != nil {
 		t.Fatalf("rawlb did not start: %v\n%s", err, s.lb.Output())

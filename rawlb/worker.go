@@ -3,108 +3,194 @@ package rawlb
 import (
 	"errors"
 	"log/slog"
+	"os"
 	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/rawlb/rawlb/config"
 	"github.com/rawlb/rawlb/conntrack"
 	"github.com/rawlb/rawlb/packet"
 	"github.com/rawlb/rawlb/ring"
+	"github.com/rawlb/rawlb/sched"
+	"github.com/rawlb/rawlb/syncookie"
 )
 
-// dataplane is the state every packet worker reads: set up once at start,
-// then shared. Only the flow table and the next-hop MACs change while
-// running, and both are safe for concurrent use.
+// dataplane is what every packet worker shares: set up once, then read.
+// What changes while running (the registry, the cookie settings) is behind
+// atomics.
 type dataplane struct {
-	srcIP             [4]byte
-	port              uint16
+	natSrc            [4]byte
 	natFirst, natLast uint16
-	mac               [6]byte // the interface's own MAC, the source of every frame sent
-	table             *conntrack.Table
-	sched             *scheduler
-	nextHop           []atomic.Pointer[[6]byte] // per backend; nil until the neighbour is resolved
-	debug             bool                      // per-flow log lines, decided once at start
+	reg               atomic.Pointer[registry]
+	tables            []*conntrack.Table // every worker's, for cross-worker counts
+	shared            *conntrack.Shared
+	live              *liveCounter
+	jar               *syncookie.Jar
+	cookieMode        atomic.Pointer[config.SYNCookieMode]
+	cookieThreshold   atomic.Int64
+	rates             atomic.Pointer[config.RateLimits] // replaced by a reload
+	debug             bool                              // per-flow log lines, decided once at start
 	log               *slog.Logger
 }
 
-// worker owns one ring socket and everything it touches per packet, so the
-// loop below takes no lock of its own and allocates nothing.
+// halfOpen returns the half-open flows over every worker's table.
+func (dp *dataplane) halfOpen() int64 {
+	var n int64
+	for _, t := range dp.tables {
+		n += int64(t.HalfOpen())
+	}
+	return n
+}
+
+// link is what a worker needs of its socket: a batch in, a batch out. Tests
+// and benchmarks drive the real loop over a fake one.
+type link interface {
+	Receive(pkts []ring.Packet) (int, error)
+	Release(n int)
+	Send(out []ring.Out) (dropped int, err error)
+	SetReadDeadline(t time.Time) error
+}
+
+// sweepEvery is how often a worker sweeps a slice of its flow table, and
+// the longest it waits for a frame before doing so.
+const sweepEvery = 50 * time.Millisecond
+
+// worker owns one ring socket, one flow table and everything it touches per
+// packet, so the loop below takes no lock of its own and allocates nothing.
 type worker struct {
+	id     int
 	dp     *dataplane
-	sock   *ring.Socket // nil in benchmarks and unit tests
+	link   link
+	table  *conntrack.Table
 	parser packet.Parser
 	frame  packet.Frame
 	pkts   []ring.Packet
-	out    [][]byte // frames to send, in order; they point into the ring or rstBuf
-	rstBuf [][]byte // a buffer per possible RST in one batch
-	nrst   int
+	out    []ring.Out // frames to send, in order; they point into the ring or gen
+	gen    [][]byte   // buffers for the frames the worker originates
+	ngen   int
+	reg    *registry // loaded once per batch
 	stats  *workerStats
+	bucket [numGenKinds]bucket
 
+	now         int64     // table clock of the batch
+	wall        time.Time // wall clock of the batch (cookies)
+	cookieUntil int64     // until when ACKs without a flow may carry a cookie of ours
+	nextSweep   int64
+	rates       *config.RateLimits // what the buckets were made from
+	workers     int
+	guard       synGuard
+	guardOn     atomic.Bool // read by the control plane, for the log and metrics
+	stop        atomic.Bool
 	lastSendErr time.Time
 }
 
-func newWorker(dp *dataplane, sock *ring.Socket, batch int, stats *workerStats) *worker {
-	w := &worker{dp: dp, sock: sock, pkts: make([]ring.Packet, batch), out: make([][]byte, 0, batch), stats: stats}
-	w.rstBuf = make([][]byte, batch)
-	for i := range w.rstBuf {
-		w.rstBuf[i] = make([]byte, ring.VNetHdrLen+packet.MaxResetLen)
+func newWorker(id int, dp *dataplane, l link, table *conntrack.Table, batch int, stats *workerStats, rates config.RateLimits, workers int) *worker {
+	w := &worker{id: id, dp: dp, link: l, table: table, pkts: make([]ring.Packet, batch), out: make([]ring.Out, 0, 3*batch), stats: stats}
+	w.gen = make([][]byte, 2*batch)
+	for i := range w.gen {
+		w.gen[i] = make([]byte, ring.VNetHdrLen+packet.MaxSegmentLen)
 	}
+	w.workers = workers
+	w.setRates(&rates)
 	return w
 }
 
+// setRates makes the worker's token buckets: its share of each rate.
+func (w *worker) setRates(r *config.RateLimits) {
+	per := func(r int) int64 {
+		if r <= 0 {
+			return 0
+		}
+		return max(int64(r)/int64(w.workers), 1)
+	}
+	w.rates = r
+	w.bucket[genReset] = newBucket(per(r.Resets))
+	w.bucket[genChallenge] = newBucket(per(r.ChallengeACKs))
+	w.bucket[genSYNACK] = newBucket(per(r.SYNACKs))
+}
+
 // run is the per-packet loop: receive a batch, handle each frame in place,
-// send what is to be sent in one go, hand the slots back.
+// send what is to be sent in one go, hand the slots back; between batches,
+// sweep a slice of the flow table.
 func (w *worker) run() error {
+	_ = w.link.SetReadDeadline(time.Now().Add(sweepEvery))
 	for {
-		n, err := w.sock.Receive(w.pkts)
-		if err != nil {
-			if errors.Is(err, ring.ErrClosed) {
-				return nil
-			}
+		n, err := w.link.Receive(w.pkts)
+		switch {
+		case errors.Is(err, ring.ErrClosed):
+			return nil
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			n = 0
+		case err != nil:
 			return err
 		}
-		w.handleBatch(n, w.dp.table.Now())
-		if len(w.out) > 0 {
-			if dropped, err := w.sock.Send(w.out); dropped > 0 {
-				w.stats.drops[dropSendError].Add(uint64(dropped))
-				w.logSendError(err)
-			}
+		w.batch(n)
+		if w.stop.Load() {
+			return nil
 		}
-		w.sock.Release(n)
 	}
 }
 
-// handleBatch handles n received packets, leaving what to send in w.out.
-func (w *worker) handleBatch(n int, now int64) {
-	w.out = w.out[:0]
-	w.nrst = 0
+// batch handles n received packets, sends what they produced and releases
+// them; then, if due, sweeps.
+func (w *worker) batch(n int) {
+	w.begin()
 	for i := 0; i < n; i++ {
-		w.handle(&w.pkts[i], now)
+		w.handle(&w.pkts[i])
 	}
+	w.flush()
+	w.link.Release(n)
+	if w.now >= w.nextSweep {
+		w.housekeep()
+	}
+}
+
+// begin starts a batch: one clock reading and one registry load for all of
+// it.
+func (w *worker) begin() {
+	w.now = w.table.Now()
+	w.wall = time.Now()
+	w.reg = w.dp.reg.Load()
+	w.out = w.out[:0]
+	w.ngen = 0
+}
+
+// flush sends what the batch produced.
+func (w *worker) flush() {
+	if len(w.out) > 0 {
+		if dropped, err := w.link.Send(w.out); dropped > 0 {
+			w.stats.drops[dropSendError].Add(uint64(dropped))
+			w.logSendError(err)
+		}
+	}
+	w.out = w.out[:0]
+	w.ngen = 0
 }
 
 func (w *worker) drop(r dropReason) { w.stats.drops[r].Add(1) }
 
 // handle classifies one frame and forwards, answers or drops it.
-func (w *worker) handle(p *ring.Packet, now int64) {
-	if p.Truncated() {
+func (w *worker) handle(p *ring.Packet) {
+	switch {
+	case p.Truncated():
 		w.drop(dropRingTruncated)
 		return
-	}
-	if p.Status&unix.TP_STATUS_VLAN_VALID != 0 {
+	case p.Status&unix.TP_STATUS_VLAN_VALID != 0:
 		w.drop(dropVLANOffload)
 		return
+	case p.PktType != ring.PacketHost:
+		w.drop(dropNotHost)
+		return
+	}
+	if len(p.Frame) > len(p.Buf) {
+		w.stats.bigFrames.Add(1)
 	}
 	f := &w.frame
 	if err := w.parser.Parse(p.Frame, f); err != nil {
 		r, _ := err.(packet.Reason)
 		w.drop(dropReason(r))
-		return
-	}
-	dp := w.dp
-	if f.IP.Destination() != dp.srcIP {
-		w.drop(dropNotOurs)
 		return
 	}
 	if f.IsICMP() {
@@ -115,116 +201,334 @@ func (w *worker) handle(p *ring.Packet, now int64) {
 	if p.VNet.Flags()&ring.VNetFlagNeedsCsum != 0 || p.Status&unix.TP_STATUS_CSUMNOTREADY != 0 {
 		state = packet.CsumPartial
 	}
-	switch dport := f.TCP.DestinationPort(); {
-	case dport == dp.port:
-		w.fromClient(p, f, state, now)
-	case dport >= dp.natFirst && dport <= dp.natLast:
-		w.fromBackend(p, f, state, now)
+	dp := w.dp
+	if dport := f.TCP.DestinationPort(); dport >= dp.natFirst && dport <= dp.natLast && f.IP.Destination() == dp.natSrc {
+		w.fromBackend(p, f, state)
+		return
+	}
+	w.fromClient(p, f, state)
+}
+
+// segment reads what connection tracking needs of f's TCP header.
+func segment(t packet.TCP) conntrack.Segment {
+	s := conntrack.Segment{Flags: t.Flags(), Seq: t.Seq(), Ack: t.Ack(), Win: t.Window(), Len: uint32(len(t) - t.HeaderLen()), WScale: -1}
+	if s.Flags&packet.FlagSYN != 0 {
+		o := t.SYNOptions()
+		s.WScale, s.SACKPerm = o.WScale, o.SACKPermitted
+	} else if t.HeaderLen() > packet.TCPMinLen+12 {
+		// Only a header longer than NOP NOP TIMESTAMP can hold SACK.
+		s.SACK, s.HasSACK = t.MaxSACK()
+	}
+	return s
+}
+
+// fromClient handles a client's segment: forwarded to its flow's backend,
+// or, without a flow, a new connection, a SYN cookie's ACK, or a stray.
+func (w *worker) fromClient(p *ring.Packet, f *packet.Frame, state packet.CsumState) {
+	key := conntrack.ClientKey{
+		Client: conntrack.Endpoint{IP: f.IP.Source(), Port: f.TCP.SourcePort()},
+		VIP:    conntrack.Endpoint{IP: f.IP.Destination(), Port: f.TCP.DestinationPort()},
+	}
+	fl := w.table.LookupClient(key)
+	if fl == nil {
+		w.noFlowFromClient(p, f, key)
+		return
+	}
+	seg := segment(f.TCP)
+	if fl.State() == conntrack.StateSynProxy {
+		w.proxyFromClient(p, f, fl, &seg)
+		return
+	}
+	v := w.table.Track(fl, conntrack.FromClient, &seg, w.now)
+	switch v.Action {
+	case conntrack.Drop:
+		w.drop(ctBase + dropReason(v.Reason))
+		return
+	case conntrack.Challenge:
+		w.drop(ctBase + dropReason(v.Reason))
+		w.challenge(p, f, fl, conntrack.FromClient)
+		return
+	case conntrack.Reopen:
+		w.reopen(p, f, fl, key)
+		return
+	}
+	w.toBackend(p, f, fl, state)
+}
+
+// noFlowFromClient handles a client segment without a flow.
+func (w *worker) noFlowFromClient(p *ring.Packet, f *packet.Frame, key conntrack.ClientKey) {
+	svc := w.reg.service(key.VIP)
+	if svc == nil {
+		w.drop(dropNoService)
+		return
+	}
+	flags := f.TCP.Flags()
+	if svc.removed.Load() && flags&(packet.FlagSYN|packet.FlagACK|packet.FlagRST) == packet.FlagSYN {
+		w.refuse(p, f, svc, refuseNoBackend)
+		return
+	}
+	switch {
+	case flags&(packet.FlagSYN|packet.FlagACK|packet.FlagRST|packet.FlagFIN) == packet.FlagSYN:
+		w.newConnection(p, f, svc, key)
+	case flags&(packet.FlagSYN|packet.FlagACK|packet.FlagRST) == packet.FlagACK && w.now < w.cookieUntil && w.acceptCookie(p, f, svc, key):
+	case flags&packet.FlagRST != 0:
+		w.drop(dropNoFlow) // never answer a RST
 	default:
-		w.drop(dropNotOurs)
+		// A segment of a connection rawlb does not know (expired, or from
+		// before a crash): a RST, as the host without the socket would
+		// send (RFC 9293 3.10.7.1), so the client does not hang.
+		w.drop(dropNoFlow)
+		w.reset(p, f)
 	}
 }
 
-// fromClient forwards a client's segment to its flow's backend, creating
-// the flow on a SYN.
-func (w *worker) fromClient(p *ring.Packet, f *packet.Frame, state packet.CsumState, now int64) {
-	dp := w.dp
-	key := conntrack.ClientKey{
-		Client: conntrack.Endpoint{IP: f.IP.Source(), Port: f.TCP.SourcePort()},
-		VIP:    conntrack.Endpoint{IP: dp.srcIP, Port: dp.port},
+// newConnection answers a client's SYN: a SYN cookie when the defence is
+// on, else a new flow toward a scheduled backend, or a RST if none can take
+// it.
+func (w *worker) newConnection(p *ring.Packet, f *packet.Frame, svc *Service, key conntrack.ClientKey) {
+	if w.dp.shared.Full() {
+		w.refuse(p, f, svc, refuseTableFull)
+		return
 	}
-	flags := f.TCP.Flags()
-	syn := flags&(packet.FlagSYN|packet.FlagACK|packet.FlagRST) == packet.FlagSYN
-	ts := f.TCP.TimestampOption()
-	fl := dp.table.LookupClient(key)
-	if fl != nil && syn && fl.State() >= conntrack.StateClosing {
-		// The client reuses its port for a new connection while the
-		// old flow waits out its closing timeout: start afresh.
-		dp.table.Remove(fl)
-		fl = nil
-	}
-	if fl == nil {
-		if !syn {
-			w.drop(dropNoFlow)
+	if w.guard.count(w.now, w.bucket[genSYNACK].rate) {
+		w.guardOn.Store(true)
+		if !w.guard.seen(f, uint32(w.now/1e6)) {
+			w.drop(dropSYNFirst)
 			return
 		}
-		if fl = w.newFlow(key, f, ts, now); fl == nil {
-			return
+	} else if w.guardOn.Load() {
+		w.guardOn.Store(false)
+	}
+	if w.cookiesOn() {
+		w.sendCookie(p, f, svc)
+		return
+	}
+	be, why := w.pick(svc, key)
+	if be == nil {
+		w.refuse(p, f, svc, why)
+		return
+	}
+	o := f.TCP.SYNOptions()
+	syn := conntrack.SYN{Seq: f.TCP.Seq(), MSS: o.MSS, WScale: o.WScale, SACKPerm: o.SACKPermitted, Window: f.TCP.Window()}
+	if o.Timestamp {
+		syn.TSval, syn.HasTS = o.TSval, true
+	}
+	fl, ok := w.create(p, f, svc, be, key, syn, false)
+	if !ok {
+		return
+	}
+	state := packet.CsumComplete
+	if p.VNet.Flags()&ring.VNetFlagNeedsCsum != 0 || p.Status&unix.TP_STATUS_CSUMNOTREADY != 0 {
+		state = packet.CsumPartial
+	}
+	seg := segment(f.TCP)
+	w.table.Track(fl, conntrack.FromClient, &seg, w.now) // a retransmission of the flow's own SYN: nothing changes
+	w.toBackend(p, f, fl, state)
+}
+
+// create makes a flow, refusing the client with a RST on failure.
+func (w *worker) create(p *ring.Packet, f *packet.Frame, svc *Service, be *Backend, key conntrack.ClientKey, syn conntrack.SYN, proxy bool) (*conntrack.Flow, bool) {
+	fl, err := w.table.Create(key, be.ID, be.Addr, f.Eth.Source(), p.Ifindex, w.now, syn, proxy)
+	if err != nil {
+		why := refuseNATExhausted
+		switch {
+		case errors.Is(err, conntrack.ErrTableFull):
+			why = refuseTableFull
+		case errors.Is(err, conntrack.ErrClientLimit):
+			why = refuseClientLimit
+		}
+		w.refuse(p, f, svc, why)
+		return nil, false
+	}
+	fl.LocalMAC = f.Eth.Destination()
+	be.stats[w.id].flows.Add(1)
+	if w.dp.debug {
+		w.dp.log.Debug("new flow", "service", svc.Name, "client", key.Client.String(), "backend", be.Name,
+			"nat_port", fl.NATPort, "syn_cookie", proxy)
+	}
+	return fl, true
+}
+
+// pick schedules a backend for a new flow of svc, or returns why none.
+func (w *worker) pick(svc *Service, key conntrack.ClientKey) (*Backend, int) {
+	if m := svc.Config.MaxFlows; m > 0 && svc.flows(w.dp.live) >= int64(m) {
+		return nil, refuseServiceFull
+	}
+	h := svc.sched.Load()
+	if h == nil {
+		return nil, refuseNoBackend
+	}
+	hash := sched.HashAddr(key.Client.IP)
+	// A backend at its max_flows passes the flow on: up to a few tries.
+	for try := 0; try < 4; try++ {
+		id, ok := h.s.Pick(hash+uint64(try)*0x9e3779b97f4a7c15, w.dp.live)
+		if !ok {
+			return nil, refuseNoBackend
+		}
+		be := w.reg.backends[id]
+		if be == nil {
+			continue
+		}
+		if m := be.maxFlows.Load(); m > 0 && w.dp.live.Live(id) >= m {
+			continue
+		}
+		return be, 0
+	}
+	return nil, refuseNoBackend
+}
+
+// refuse answers a SYN that no backend takes with a RST, so the connect
+// fails at once instead of timing out.
+func (w *worker) refuse(p *ring.Packet, f *packet.Frame, svc *Service, why int) {
+	svc.stats[w.id].refused[why].Add(1)
+	w.drop(dropRefused)
+	w.reset(p, f)
+}
+
+// reopen handles a SYN for a flow that is over (TIME_WAIT, or reset): a
+// flow whose handshake never completed starts again on the same NAT port
+// and backend, whose history is known; any other is removed and the SYN
+// starts a new one.
+func (w *worker) reopen(p *ring.Packet, f *packet.Frame, fl *conntrack.Flow, key conntrack.ClientKey) {
+	if !fl.EverEstablished() {
+		if be := w.reg.backends[fl.Backend]; be != nil {
+			if ok, _ := be.usable(); ok {
+				o := f.TCP.SYNOptions()
+				syn := conntrack.SYN{Seq: f.TCP.Seq(), MSS: o.MSS, WScale: o.WScale, SACKPerm: o.SACKPermitted, Window: f.TCP.Window()}
+				if o.Timestamp {
+					syn.TSval, syn.HasTS = o.TSval, true
+				}
+				w.table.Restart(fl, syn, w.now)
+				state := packet.CsumComplete
+				if p.VNet.Flags()&ring.VNetFlagNeedsCsum != 0 || p.Status&unix.TP_STATUS_CSUMNOTREADY != 0 {
+					state = packet.CsumPartial
+				}
+				w.toBackend(p, f, fl, state)
+				return
+			}
 		}
 	}
-	dp.table.Observe(fl, conntrack.FromClient, flags, len(f.IP), now)
-	mac := dp.nextHop[fl.Backend].Load()
-	if mac == nil {
+	w.table.Remove(fl, w.now)
+	if svc := w.reg.service(key.VIP); svc != nil {
+		w.newConnection(p, f, svc, key)
+	} else {
+		w.drop(dropNoService)
+	}
+}
+
+// toBackend rewrites a client's segment for its flow's backend and queues it.
+func (w *worker) toBackend(p *ring.Packet, f *packet.Frame, fl *conntrack.Flow, state packet.CsumState) {
+	be := w.reg.backends[fl.Backend]
+	var h *hop
+	if be != nil {
+		h = be.hop.Load()
+	}
+	if h == nil {
 		w.drop(dropNoNeighbor)
 		return
 	}
-	f.RewriteTCP(dp.srcIP, fl.NATPort, fl.BackendAddr.IP, fl.BackendAddr.Port, state)
+	f.RewriteTCP(w.dp.natSrc, fl.NATPort, fl.BackendAddr.IP, fl.BackendAddr.Port, state)
+	tcp := f.TCP
+	ts := tcp.TimestampOption()
 	if ts >= 0 {
-		f.TCP.AddTimestamps(ts, fl.TSOffset, 0, state)
-		fl.NoteTSval(f.TCP.TSval(ts))
+		tcp.AddTimestamps(ts, fl.TSOff, -fl.BTSOff, state)
 	}
-	f.TCP.AddSeqAck(fl.SeqOffset, 0, state)
-	fl.NoteSeqEnd(f.TCP.SeqEnd())
-	w.emit(p, f, *mac, dirToBackend)
+	tcp.AddSeqAck(fl.SeqOff, -fl.BSeqOff, state)
+	if fl.BSeqOff != 0 {
+		tcp.AddSACK(-fl.BSeqOff, state)
+	}
+	if ts >= 0 {
+		fl.NoteToBackend(tcp.TSval(ts), true, tcp.SeqEnd())
+	} else {
+		fl.NoteToBackend(0, false, tcp.SeqEnd())
+	}
+	st := &be.stats[w.id]
+	st.packets[dirToBackend].Add(1)
+	st.bytes[dirToBackend].Add(uint64(len(f.IP)))
+	w.emit(p, f, h.ifindex, h.dst, h.src, dirToBackend)
 }
 
-// newFlow schedules a SYN to a backend. When none can take it, the client
-// gets a RST so its connect fails at once instead of timing out.
-func (w *worker) newFlow(key conntrack.ClientKey, f *packet.Frame, ts int, now int64) *conntrack.Flow {
-	dp := w.dp
-	b := dp.sched.pick()
-	if b < 0 {
-		w.drop(dropNoBackend)
-		w.reset(f)
-		return nil
-	}
-	syn := conntrack.SYN{Seq: f.TCP.Seq()}
-	if ts >= 0 {
-		syn.TSval, syn.HasTS = f.TCP.TSval(ts), true
-	}
-	fl, err := dp.table.Create(key, b, f.Eth.Source(), now, syn)
-	if err != nil {
-		if errors.Is(err, conntrack.ErrTableFull) {
-			w.drop(dropTableFull)
-		} else {
-			w.drop(dropNATExhausted)
-		}
-		w.reset(f)
-		return nil
-	}
-	if dp.debug {
-		dp.log.Debug("new flow", "client", fl.Key.Client.String(), "backend", fl.BackendAddr.String(), "nat_port", fl.NATPort)
-	}
-	return fl
-}
-
-// fromBackend forwards a backend's segment to the client of its flow.
-func (w *worker) fromBackend(p *ring.Packet, f *packet.Frame, state packet.CsumState, now int64) {
-	dp := w.dp
-	fl := dp.table.LookupBackend(conntrack.BackendKey{
+// fromBackend handles a backend's segment: forwarded to its flow's client,
+// or part of a handshake rawlb holds, or a stray answered with a RST.
+func (w *worker) fromBackend(p *ring.Packet, f *packet.Frame, state packet.CsumState) {
+	fl := w.table.LookupBackend(conntrack.BackendKey{
 		Backend: conntrack.Endpoint{IP: f.IP.Source(), Port: f.TCP.SourcePort()},
 		NATPort: f.TCP.DestinationPort(),
 	})
 	if fl == nil {
 		w.drop(dropNoFlow)
+		if f.TCP.Flags()&packet.FlagRST == 0 {
+			// The backend still holds a connection rawlb forgot (a crash
+			// without state): a RST frees it.
+			w.reset(p, f)
+		}
 		return
 	}
-	dp.table.Observe(fl, conntrack.FromBackend, f.TCP.Flags(), len(f.IP), now)
-	f.RewriteTCP(fl.Key.VIP.IP, fl.Key.VIP.Port, fl.Key.Client.IP, fl.Key.Client.Port, state)
-	if fl.TSOffset != 0 {
-		// The backend echoes timestamps shifted by TSOffset; the client
-		// must get back its own.
-		if ts := f.TCP.TimestampOption(); ts >= 0 {
-			f.TCP.AddTimestamps(ts, 0, -fl.TSOffset, state)
+	seg := segment(f.TCP)
+	switch fl.State() {
+	case conntrack.StateSynProxy:
+		w.proxyFromBackend(p, f, fl, &seg)
+		return
+	case conntrack.StateSynSent:
+		if seg.Flags&(packet.FlagSYN|packet.FlagRST|packet.FlagACK) == packet.FlagACK && w.timeWaitAssist(p, f, fl, &seg) {
+			return
 		}
 	}
-	if fl.SeqOffset != 0 {
-		// The backend acknowledges (and selectively acknowledges) the
-		// client's bytes in the shifted numbering.
-		f.TCP.AddSeqAck(0, -fl.SeqOffset, state)
-		f.TCP.AddSACK(-fl.SeqOffset, state)
+	v := w.table.Track(fl, conntrack.FromBackend, &seg, w.now)
+	switch v.Action {
+	case conntrack.Drop:
+		w.drop(ctBase + dropReason(v.Reason))
+		return
+	case conntrack.Challenge:
+		w.drop(ctBase + dropReason(v.Reason))
+		w.challenge(p, f, fl, conntrack.FromBackend)
+		return
 	}
-	w.emit(p, f, fl.ClientMAC, dirToClient)
+	if seg.Flags&(packet.FlagSYN|packet.FlagACK) == packet.FlagSYN|packet.FlagACK && v.Old == conntrack.StateSynSent {
+		w.learnWScale(fl, f)
+	}
+	w.toClient(p, f, fl, state)
+}
+
+// learnWScale records the window scale a backend announced, for the SYN
+// cookies of its service.
+func (w *worker) learnWScale(fl *conntrack.Flow, f *packet.Frame) {
+	be := w.reg.backends[fl.Backend]
+	if be == nil {
+		return
+	}
+	if o := f.TCP.SYNOptions(); o.WScale >= 0 && int32(o.WScale) != be.Service.wscale.Load() {
+		be.Service.wscale.Store(int32(o.WScale))
+	}
+}
+
+// toClient rewrites a backend's segment for its flow's client and queues it.
+func (w *worker) toClient(p *ring.Packet, f *packet.Frame, fl *conntrack.Flow, state packet.CsumState) {
+	f.RewriteTCP(fl.Key.VIP.IP, fl.Key.VIP.Port, fl.Key.Client.IP, fl.Key.Client.Port, state)
+	tcp := f.TCP
+	if ts := tcp.TimestampOption(); ts >= 0 {
+		tcp.AddTimestamps(ts, fl.BTSOff, -fl.TSOff, state)
+	}
+	tcp.AddSeqAck(fl.BSeqOff, -fl.SeqOff, state)
+	tcp.AddSACK(-fl.SeqOff, state)
+	if fl.WinShift != 0 {
+		tcp.SetWindow(shiftWindow(tcp.Window(), fl.WinShift), state)
+	}
+	if be := w.reg.backends[fl.Backend]; be != nil {
+		st := &be.stats[w.id]
+		st.packets[dirToClient].Add(1)
+		st.bytes[dirToClient].Add(uint64(len(f.IP)))
+	}
+	w.emit(p, f, fl.ClientIf, fl.ClientMAC, fl.LocalMAC, dirToClient)
+}
+
+// shiftWindow rescales a window field by shift (negative: to the right),
+// saturating at the field's maximum.
+func shiftWindow(win uint16, shift int8) uint16 {
+	if shift < 0 {
+		return win >> uint(-shift)
+	}
+	return uint16(min(uint32(win)<<uint(shift), 0xffff))
 }
 
 // handleICMP translates an ICMP error about a segment the balancer sent,
@@ -233,49 +537,48 @@ func (w *worker) fromBackend(p *ring.Packet, f *packet.Frame, state packet.CsumS
 func (w *worker) handleICMP(p *ring.Packet, f *packet.Frame) {
 	dp := w.dp
 	in := f.Inner
-	if in.Source() != dp.srcIP {
-		w.drop(dropNotOurs)
-		return
-	}
 	sport, dport := f.InnerSourcePort(), f.InnerDestinationPort()
-	switch {
-	case sport >= dp.natFirst && sport <= dp.natLast:
+	if in.Source() == dp.natSrc && sport >= dp.natFirst && sport <= dp.natLast {
 		// About a segment sent toward a backend: tell the client, as if
-		// about its own segment to srcIP:port.
-		fl := dp.table.LookupBackend(conntrack.BackendKey{Backend: conntrack.Endpoint{IP: in.Destination(), Port: dport}, NATPort: sport})
+		// about its own segment to the VIP.
+		fl := w.table.LookupBackend(conntrack.BackendKey{Backend: conntrack.Endpoint{IP: in.Destination(), Port: dport}, NATPort: sport})
 		if fl == nil {
 			w.drop(dropNoFlow)
 			return
 		}
 		c, v := fl.Key.Client, fl.Key.VIP
-		f.AddInnerSeq(-fl.SeqOffset) // the quote carries the shifted number
-		f.TranslateICMP(dp.srcIP, c.IP, c.IP, c.Port, v.IP, v.Port)
+		f.AddInnerSeq(-fl.SeqOff) // the quote carries the shifted number
+		f.TranslateICMP(v.IP, c.IP, c.IP, c.Port, v.IP, v.Port)
 		w.stats.icmp[dirToClient].Add(1)
-		w.emit(p, f, fl.ClientMAC, dirToClient)
-	case sport == dp.port:
-		// About a segment sent toward a client: tell the backend.
-		fl := dp.table.LookupClient(conntrack.ClientKey{Client: conntrack.Endpoint{IP: in.Destination(), Port: dport}, VIP: conntrack.Endpoint{IP: dp.srcIP, Port: dp.port}})
-		if fl == nil {
-			w.drop(dropNoFlow)
-			return
-		}
-		mac := dp.nextHop[fl.Backend].Load()
-		if mac == nil {
-			w.drop(dropNoNeighbor)
-			return
-		}
-		b := fl.BackendAddr
-		f.TranslateICMP(dp.srcIP, b.IP, b.IP, b.Port, dp.srcIP, fl.NATPort)
-		w.stats.icmp[dirToBackend].Add(1)
-		w.emit(p, f, *mac, dirToBackend)
-	default:
-		w.drop(dropNotOurs)
+		w.emit(p, f, fl.ClientIf, fl.ClientMAC, fl.LocalMAC, dirToClient)
+		return
 	}
+	// About a segment sent toward a client: tell the backend.
+	fl := w.table.LookupClient(conntrack.ClientKey{Client: conntrack.Endpoint{IP: in.Destination(), Port: dport}, VIP: conntrack.Endpoint{IP: in.Source(), Port: sport}})
+	if fl == nil {
+		w.drop(dropNoFlow)
+		return
+	}
+	be := w.reg.backends[fl.Backend]
+	var h *hop
+	if be != nil {
+		h = be.hop.Load()
+	}
+	if h == nil {
+		w.drop(dropNoNeighbor)
+		return
+	}
+	b := fl.BackendAddr
+	f.AddInnerSeq(-fl.BSeqOff)
+	f.TranslateICMP(dp.natSrc, b.IP, b.IP, b.Port, dp.natSrc, fl.NATPort)
+	w.stats.icmp[dirToBackend].Add(1)
+	w.emit(p, f, h.ifindex, h.dst, h.src, dirToBackend)
 }
 
-// emit readdresses the frame's Ethernet header and queues it for sending,
-// without the Ethernet padding, with the virtio-net header it came with.
-func (w *worker) emit(p *ring.Packet, f *packet.Frame, dst [6]byte, dir int) {
+// emit readdresses the frame's Ethernet header and queues it for sending
+// on ifindex, without the Ethernet padding, with the virtio-net header it
+// came with.
+func (w *worker) emit(p *ring.Packet, f *packet.Frame, ifindex int32, dst, src [6]byte, dir int) {
 	vnet := p.VNet
 	if f.IsICMP() {
 		vnet.SetFlags(0) // the ICMP checksum was summed afresh
@@ -294,26 +597,85 @@ func (w *worker) emit(p *ring.Packet, f *packet.Frame, dst [6]byte, dir int) {
 		}
 	}
 	f.Eth.SetDestination(dst)
-	f.Eth.SetSource(w.dp.mac)
+	f.Eth.SetSource(src)
 	w.stats.packets[dir].Add(1)
 	w.stats.bytes[dir].Add(uint64(len(f.IP)))
-	w.out = append(w.out, p.Buf[:ring.VNetHdrLen+f.Len()])
+	w.out = append(w.out, ring.Out{Buf: p.Buf[:ring.VNetHdrLen+f.Len()], Ifindex: ifindex})
 }
 
-// reset queues a RST answering the segment in f.
-func (w *worker) reset(f *packet.Frame) {
-	if w.nrst == len(w.rstBuf) {
+// genBuf returns a buffer for an originated frame, after the virtio-net
+// header (zeroed), or nil when the batch has used them all.
+func (w *worker) genBuf() []byte {
+	if w.ngen == len(w.gen) {
+		// Send what is queued (frames of this batch stay valid until
+		// Release) and start over.
+		w.flush()
+	}
+	b := w.gen[w.ngen]
+	clear(b[:ring.VNetHdrLen])
+	return b
+}
+
+// queueGen queues the originated frame of n bytes in the current gen
+// buffer, on ifindex.
+func (w *worker) queueGen(n int, ifindex int32, kind int) {
+	b := w.gen[w.ngen]
+	w.ngen++
+	w.stats.sent[kind].Add(1)
+	w.out = append(w.out, ring.Out{Buf: b[:ring.VNetHdrLen+n], Ifindex: ifindex})
+}
+
+// allow takes a token for an originated packet of kind, counting it if
+// there is none.
+func (w *worker) allow(kind int) bool {
+	if w.bucket[kind].allow(w.now) {
+		return true
+	}
+	w.stats.limited[kind].Add(1)
+	return false
+}
+
+// reset queues the RST answering the segment in f (rate-limited), back out
+// the interface it came from.
+func (w *worker) reset(p *ring.Packet, f *packet.Frame) {
+	buf := w.genBuf()
+	if buf == nil || !w.allow(genReset) {
 		return
 	}
-	buf := w.rstBuf[w.nrst]
-	clear(buf[:ring.VNetHdrLen])
-	n := packet.BuildReset(buf[ring.VNetHdrLen:], f)
-	if n == 0 {
-		return
+	if n := packet.BuildReset(buf[ring.VNetHdrLen:], f); n > 0 {
+		w.queueGen(n, p.Ifindex, genReset)
 	}
-	w.nrst++
-	w.stats.resets.Add(1)
-	w.out = append(w.out, buf[:ring.VNetHdrLen+n])
+}
+
+// sendSegment builds s and queues it on ifindex, if the bucket of kind
+// allows.
+func (w *worker) sendSegment(s *packet.Segment, ifindex int32, kind int) bool {
+	buf := w.genBuf()
+	if buf == nil {
+		w.stats.limited[kind].Add(1)
+		return false
+	}
+	if !w.allow(kind) {
+		return false
+	}
+	if n := packet.BuildSegment(buf[ring.VNetHdrLen:], s); n > 0 {
+		w.queueGen(n, ifindex, kind)
+		return true
+	}
+	return false
+}
+
+// challenge answers a RST in the window but not exact, or a SYN on a
+// synchronized flow, with a challenge ACK to its sender (RFC 5961 sections
+// 3.2 and 4.2): a peer that really lost its connection answers with a RST
+// of exactly the expected number; a blind attacker never sees it.
+func (w *worker) challenge(p *ring.Packet, f *packet.Frame, fl *conntrack.Flow, d conntrack.Direction) {
+	seq, ack, win := fl.ChallengeACK(d)
+	s := packet.Segment{
+		SrcMAC: f.Eth.Destination(), DstMAC: f.Eth.Source(), Src: f.IP.Destination(), Dst: f.IP.Source(),
+		SrcPort: f.TCP.DestinationPort(), DstPort: f.TCP.SourcePort(), Seq: seq, Ack: ack, Flags: packet.FlagACK, Window: win,
+	}
+	w.sendSegment(&s, p.Ifindex, genChallenge)
 }
 
 // logSendError logs a failed send at most every ten seconds: a full
@@ -321,6 +683,6 @@ func (w *worker) reset(f *packet.Frame) {
 func (w *worker) logSendError(err error) {
 	if now := time.Now(); now.Sub(w.lastSendErr) > 10*time.Second {
 		w.lastSendErr = now
-		w.dp.log.Warn("sending frames failed; counted in rawlb_drops_total{reason=\"send_error\"}", "err", err)
+		w.dp.log.Warn("sending frames failed; counted in rawlb_drops_total{reason=\"send_error\"}", "worker", w.id, "err", err)
 	}
 }

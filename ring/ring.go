@@ -1,10 +1,21 @@
-// Package ring is rawlb's link to the wire: an AF_PACKET socket with a
-// TPACKET_V2 receive ring and virtio-net headers, and batched sends.
+// Package ring is rawlb's link to the wire: AF_PACKET sockets with a
+// TPACKET_V2 receive ring and virtio-net headers, fanout groups, and batched
+// sends that choose the interface per frame.
 //
 // Why TPACKET_V2 and not V3: V3 hands blocks to user space only when a
 // block fills or its retire timer (at least 1 ms) fires, so a forwarder
 // would hold a lone packet for a millisecond when traffic is light. V2
 // frames are handed over one by one as they land.
+//
+// Why small slots: a V2 ring has fixed-size slots, and a slot big enough for
+// a 64 KB GSO frame (17 pages) makes a ring that holds a burst of thousands
+// of SYNs cost hundreds of megabytes. So slots are sized for a full-size
+// Ethernet frame, and the few frames that do not fit take the kernel's copy
+// path (PACKET_COPY_THRESH, tpacket_rcv in net/packet/af_packet.c): the slot
+// is marked TP_STATUS_COPY with a truncated copy, and the whole frame is
+// queued on the socket's receive queue, from which Receive reads it in ring
+// order. Order is kept because the kernel queues the frame under the same
+// lock that hands out the slot.
 //
 // Why virtio-net headers (PACKET_VNET_HDR): with TSO/GSO on the senders and
 // GRO on receiving NICs, the kernel hands AF_PACKET TCP segments far above
@@ -12,6 +23,13 @@
 // (NEEDS_CSUM, gso_type, gso_size), and giving the same header back on send
 // lets the kernel segment and checksum on the way out, so a 64 KB segment
 // costs one send.
+//
+// Why unbound sockets: a socket bound to no interface receives from every
+// interface, and the sockaddr_ll the kernel writes beside each frame says
+// which. One ring per worker then serves a balancer whose clients arrive on
+// one interface and whose backends sit behind another (or on lo), and each
+// frame sent names its own interface. The socket filter decides which
+// interfaces count.
 package ring
 
 import (
@@ -20,6 +38,7 @@ import (
 	"os"
 	"sync/atomic"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/net/bpf"
@@ -36,6 +55,33 @@ const (
 	VNetFlagDataValid = 2 // the checksum was verified on receive
 	VNetGSONone       = 0
 	VNetGSOTCPv4      = 1
+)
+
+// Packet types from sockaddr_ll (include/uapi/linux/if_packet.h).
+const (
+	PacketHost     = 0 // addressed to this host
+	PacketOutgoing = 4 // sent by this host (PACKET_IGNORE_OUTGOING keeps them out)
+)
+
+// Defaults for zero Config fields.
+const (
+	// DefaultFrameSize holds a 1514-byte frame with the TPACKET and
+	// virtio-net headers in front of it.
+	DefaultFrameSize = 2048
+	// DefaultFrames holds a burst of several thousand SYNs: 3,000
+	// concurrent connects overflowed 256 slots by 2,181 frames.
+	DefaultFrames = 8192
+	// DefaultBatch is the most frames one Receive returns.
+	DefaultBatch = 64
+	// DefaultLargeFrames is how many frames larger than a slot one batch
+	// may hold; a batch ends early when they are all in use.
+	DefaultLargeFrames = 16
+	// largeFrameSize holds the largest GSO frame (a 64 KB IPv4 packet),
+	// its Ethernet header and a VLAN tag, behind the virtio-net header.
+	largeFrameSize = VNetHdrLen + 65535 + 18 + 64
+	// defaultRcvBuf bounds the socket queue of frames larger than a slot:
+	// the kernel copies a frame there only while the queue is below it.
+	defaultRcvBuf = 32 << 20
 )
 
 // VNetHdr is a view of a struct virtio_net_hdr (native byte order, as
@@ -62,8 +108,9 @@ func (h VNetHdr) SetCsum(start, offset uint16) {
 	*(*uint16)(unsafe.Pointer(&h[8])) = offset
 }
 
-// Packet is one received frame. Its slices point into the ring and are
-// valid until the frame is released.
+// Packet is one received frame. Its slices point into the ring (or into a
+// large-frame buffer of the socket) and are valid until the frame is
+// released.
 type Packet struct {
 	// Buf is the virtio-net header followed by the frame: exactly what
 	// Send takes, so a frame rewritten in place goes back out without a
@@ -72,29 +119,57 @@ type Packet struct {
 	Frame   []byte  // the Ethernet frame, Buf[VNetHdrLen:]
 	VNet    VNetHdr // Buf[:VNetHdrLen]
 	Status  uint32  // tp_status: TP_STATUS_CSUMNOTREADY, TP_STATUS_VLAN_VALID, ...
-	WireLen int     // tp_len: the frame's real length; longer than Frame when the ring truncated it
+	WireLen int     // tp_len: the frame's real length; longer than Frame when it was truncated
+	Ifindex int32   // the interface it arrived on
+	PktType uint8   // PacketHost, ...
 }
 
-// Truncated reports whether the ring frame was too small for the packet.
+// Truncated reports whether the frame was cut short (larger than a slot,
+// and the kernel could not queue the whole of it).
 func (p *Packet) Truncated() bool { return len(p.Frame) < p.WireLen }
+
+// Out is a frame to send: a virtio-net header followed by the frame, and the
+// interface to send it on.
+type Out struct {
+	Buf     []byte
+	Ifindex int32
+}
 
 // Config sizes and filters a Socket.
 type Config struct {
+	// Ifindex binds the socket to one interface; 0 receives from every
+	// interface and leaves the choice to Filter.
 	Ifindex int
-	// FrameSize is the size of one ring slot. It must hold the largest
-	// GSO frame the interface can hand over (64 KB IP packets) plus the
-	// TPACKET and virtio-net headers; the default 69632 (17 pages) does.
+	// FrameSize is the size of one ring slot (default DefaultFrameSize). A
+	// frame that does not fit is read from the socket queue instead.
 	FrameSize int
-	Frames    int // slots in the ring; default 256
-	Batch     int // the most packets Receive returns and Send takes at once; default 64
+	// Frames is the number of slots (default DefaultFrames).
+	Frames int
+	// Batch is the most packets Receive returns at once (default DefaultBatch).
+	Batch int
+	// LargeFrames is how many frames larger than a slot one batch may
+	// hold (default DefaultLargeFrames).
+	LargeFrames int
 	// Filter is a classic BPF program run by the kernel before a frame is
 	// copied into the ring.
 	Filter []bpf.RawInstruction
-	// FanoutGroup, when non-zero, joins the socket to a PACKET_FANOUT
-	// group hashing flows across the group's sockets.
-	FanoutGroup uint16
 	// QdiscBypass sends straight to the driver (PACKET_QDISC_BYPASS).
 	QdiscBypass bool
+}
+
+func (c *Config) defaults() {
+	if c.FrameSize == 0 {
+		c.FrameSize = DefaultFrameSize
+	}
+	if c.Frames == 0 {
+		c.Frames = DefaultFrames
+	}
+	if c.Batch == 0 {
+		c.Batch = DefaultBatch
+	}
+	if c.LargeFrames == 0 {
+		c.LargeFrames = DefaultLargeFrames
+	}
 }
 
 // ErrClosed is returned by Receive once Close has been called.
@@ -111,8 +186,13 @@ type Socket struct {
 	size   int
 	head   int
 	closed atomic.Bool
-	msgs   []unix.Mmsghdr
-	iovs   []unix.Iovec
+
+	msgs  []unix.Mmsghdr
+	iovs  []unix.Iovec
+	addrs []unix.RawSockaddrLinklayer
+
+	large  [][]byte // buffers for frames larger than a slot
+	nlarge int      // of them in use by the current batch
 
 	// State for the readiness callbacks, bound once in setup so that
 	// waiting allocates nothing (a closure per wait would).
@@ -125,20 +205,12 @@ type Socket struct {
 	txFn    func(uintptr) bool
 }
 
-// Open creates the socket, its ring and filter, and binds it to the
-// interface. It needs CAP_NET_RAW.
+// Open creates the socket, its ring and filter, and binds it. It needs
+// CAP_NET_RAW.
 func Open(c Config) (*Socket, error) {
-	if c.FrameSize == 0 {
-		c.FrameSize = 17 * 4096
-	}
-	if c.Frames == 0 {
-		c.Frames = 256
-	}
-	if c.Batch == 0 {
-		c.Batch = 64
-	}
-	if c.FrameSize%os.Getpagesize() != 0 {
-		return nil, fmt.Errorf("ring: frame size %d is not a multiple of the page size", c.FrameSize)
+	c.defaults()
+	if c.FrameSize%16 != 0 || os.Getpagesize()%c.FrameSize != 0 && c.FrameSize%os.Getpagesize() != 0 {
+		return nil, fmt.Errorf("ring: frame size %d must divide the page size or be a multiple of it", c.FrameSize)
 	}
 	// Protocol 0: the socket receives nothing until bound, so no frame
 	// reaches it before the filter is attached.
@@ -149,11 +221,33 @@ func Open(c Config) (*Socket, error) {
 		}
 		return nil, fmt.Errorf("ring: socket: %w", err)
 	}
-	s := &Socket{fd: fd, frames: c.Frames, size: c.FrameSize}
+	s := &Socket{fd: fd}
 	if err := s.setup(c); err != nil {
 		s.Free()
 		return nil, err
 	}
+	if err := s.mapRing(c); err != nil {
+		s.Free()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Inherit takes over a socket set up by Open in an earlier process (a binary
+// upgrade passes its descriptor on): the ring, filter and fanout group come
+// with it. c must size the ring as the earlier process did, and head is the
+// slot it would have read next, so no frame is skipped or read twice.
+func Inherit(fd int, c Config, head int) (*Socket, error) {
+	c.defaults()
+	if head < 0 || head >= c.Frames {
+		return nil, fmt.Errorf("ring: inherited head %d outside a ring of %d slots", head, c.Frames)
+	}
+	s := &Socket{fd: fd}
+	if err := s.mapRing(c); err != nil {
+		s.fd = -1 // not ours to close on failure: the caller decides
+		return nil, err
+	}
+	s.head = head
 	return s, nil
 }
 
@@ -166,28 +260,25 @@ func (s *Socket) setup(c Config) error {
 	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_VNET_HDR, 1); err != nil {
 		return fmt.Errorf("ring: PACKET_VNET_HDR: %w", err)
 	}
-	if len(c.Filter) > 0 {
-		prog := unix.SockFprog{Len: uint16(len(c.Filter)), Filter: (*unix.SockFilter)(unsafe.Pointer(&c.Filter[0]))}
-		if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &prog); err != nil {
-			return fmt.Errorf("ring: attaching the BPF filter: %w", err)
-		}
+	if err := s.SetFilter(c.Filter); err != nil {
+		return err
 	}
-	req := unix.TpacketReq{Block_size: uint32(c.FrameSize), Block_nr: uint32(c.Frames), Frame_size: uint32(c.FrameSize), Frame_nr: uint32(c.Frames)}
+	// Frames larger than a slot are queued whole on the socket as well;
+	// the queue is bounded by the receive buffer.
+	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_COPY_THRESH, 1); err != nil {
+		return fmt.Errorf("ring: PACKET_COPY_THRESH: %w", err)
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, defaultRcvBuf); err != nil {
+		// Without CAP_NET_ADMIN, SO_RCVBUF up to rmem_max still works.
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, defaultRcvBuf)
+	}
+	req := unix.TpacketReq{Block_size: uint32(max(c.FrameSize, os.Getpagesize())), Frame_size: uint32(c.FrameSize), Frame_nr: uint32(c.Frames)}
+	req.Block_nr = req.Frame_nr * req.Frame_size / req.Block_size
 	if err := unix.SetsockoptTpacketReq(fd, unix.SOL_PACKET, unix.PACKET_RX_RING, &req); err != nil {
 		return fmt.Errorf("ring: PACKET_RX_RING (%d x %d bytes): %w", c.Frames, c.FrameSize, err)
 	}
-	ring, err := unix.Mmap(fd, 0, c.Frames*c.FrameSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_LOCKED)
-	if err != nil {
-		// MAP_LOCKED can fail under a low RLIMIT_MEMLOCK; the ring works
-		// unlocked too, only it may be paged out.
-		ring, err = unix.Mmap(fd, 0, c.Frames*c.FrameSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-		if err != nil {
-			return fmt.Errorf("ring: mmap: %w", err)
-		}
-	}
-	s.ring = ring
-	// Frames the host itself sends on the interface are not ours to
-	// forward, and copying them would only cost time (Linux 4.20+).
+	// Frames the host itself sends are not ours to forward, and copying
+	// them would only cost time (Linux 4.20+).
 	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_IGNORE_OUTGOING, 1); err != nil {
 		return fmt.Errorf("ring: PACKET_IGNORE_OUTGOING: %w", err)
 	}
@@ -200,22 +291,32 @@ func (s *Socket) setup(c Config) error {
 	if err := unix.Bind(fd, sa); err != nil {
 		return fmt.Errorf("ring: binding to interface %d: %w", c.Ifindex, err)
 	}
-	if c.FanoutGroup != 0 {
-		arg := int(c.FanoutGroup) | unix.PACKET_FANOUT_HASH<<16
-		if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_FANOUT, arg); err != nil {
-			return fmt.Errorf("ring: PACKET_FANOUT: %w", err)
+	return nil
+}
+
+// mapRing maps the ring and prepares the send and wait state.
+func (s *Socket) mapRing(c Config) error {
+	n := c.Frames * c.FrameSize
+	ring, err := unix.Mmap(s.fd, 0, n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_LOCKED)
+	if err != nil {
+		// MAP_LOCKED can fail under a low RLIMIT_MEMLOCK; the ring works
+		// unlocked too, only it may be paged out.
+		ring, err = unix.Mmap(s.fd, 0, n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+		if err != nil {
+			return fmt.Errorf("ring: mmap of %d bytes: %w", n, err)
 		}
 	}
+	s.ring, s.frames, s.size = ring, c.Frames, c.FrameSize
 	// Waiting goes through Go's netpoller (epoll), not a blocking poll(2):
 	// a blocked system call pins a thread and makes the scheduler hand its
 	// P to another, which at one packet per wake-up cost more CPU than the
 	// packet itself. AF_PACKET signals readiness per frame (sk_data_ready
 	// in tpacket_rcv) and packet_poll reports the ring's state, so no
 	// frame is missed between a look at the ring and the wait.
-	if err := unix.SetNonblock(fd, true); err != nil {
+	if err := unix.SetNonblock(s.fd, true); err != nil {
 		return fmt.Errorf("ring: non-blocking socket: %w", err)
 	}
-	s.file = os.NewFile(uintptr(fd), "afpacket")
+	s.file = os.NewFile(uintptr(s.fd), "afpacket")
 	if s.rc, err = s.file.SyscallConn(); err != nil {
 		return fmt.Errorf("ring: %w", err)
 	}
@@ -223,12 +324,41 @@ func (s *Socket) setup(c Config) error {
 	s.txFn = s.trySend
 	s.msgs = make([]unix.Mmsghdr, c.Batch)
 	s.iovs = make([]unix.Iovec, c.Batch)
+	s.addrs = make([]unix.RawSockaddrLinklayer, c.Batch)
 	for i := range s.msgs {
 		s.msgs[i].Hdr.Iov = &s.iovs[i]
 		s.msgs[i].Hdr.SetIovlen(1)
+		s.msgs[i].Hdr.Name = (*byte)(unsafe.Pointer(&s.addrs[i]))
+		s.msgs[i].Hdr.Namelen = unix.SizeofSockaddrLinklayer
+		s.addrs[i].Family = unix.AF_PACKET
+		s.addrs[i].Protocol = htons(unix.ETH_P_IP)
+	}
+	s.large = make([][]byte, c.LargeFrames)
+	for i := range s.large {
+		s.large[i] = make([]byte, largeFrameSize)
 	}
 	return nil
 }
+
+// SetFilter replaces the socket filter; the kernel swaps it atomically, so a
+// reload that changes what traffic is ours loses no frame. A nil program
+// accepts everything.
+func (s *Socket) SetFilter(prog []bpf.RawInstruction) error {
+	if len(prog) == 0 {
+		return nil
+	}
+	p := unix.SockFprog{Len: uint16(len(prog)), Filter: (*unix.SockFilter)(unsafe.Pointer(&prog[0]))}
+	if err := unix.SetsockoptSockFprog(s.fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &p); err != nil {
+		return fmt.Errorf("ring: attaching the BPF filter: %w", err)
+	}
+	return nil
+}
+
+// FD returns the socket's descriptor, to hand it to a successor process.
+func (s *Socket) FD() int { return s.fd }
+
+// Head returns the slot Receive reads next (see Inherit).
+func (s *Socket) Head() int { return s.head }
 
 // htons converts a 16-bit value to network byte order.
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
@@ -255,6 +385,9 @@ func (s *Socket) Receive(pkts []Packet) (int, error) {
 	if n > 0 {
 		return n, nil
 	}
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return 0, err
+	}
 	if err == nil || s.closed.Load() {
 		return 0, ErrClosed
 	}
@@ -267,6 +400,14 @@ func (s *Socket) tryReceive(uintptr) bool {
 	return s.rxN > 0 || s.closed.Load()
 }
 
+// Offsets in a TPACKET_V2 slot: struct tpacket2_hdr, then struct
+// sockaddr_ll at TPACKET_ALIGN(sizeof(struct tpacket2_hdr)).
+const (
+	sllOffset  = 32
+	sllIfindex = sllOffset + 4
+	sllPktType = sllOffset + 10
+)
+
 // fill takes the ready frames at the head of the ring, without waiting.
 func (s *Socket) fill(pkts []Packet) int {
 	n := 0
@@ -278,50 +419,87 @@ func (s *Socket) fill(pkts []Packet) int {
 		}
 		base := i * s.size
 		hdr := (*unix.Tpacket2Hdr)(unsafe.Pointer(&s.ring[base]))
-		mac := base + int(hdr.Mac)
 		p := &pkts[n]
-		p.Buf = s.ring[mac-VNetHdrLen : mac+int(hdr.Snaplen)]
-		p.VNet = VNetHdr(p.Buf[:VNetHdrLen])
-		p.Frame = p.Buf[VNetHdrLen:]
+		if st&unix.TP_STATUS_COPY != 0 {
+			if s.nlarge == len(s.large) {
+				break // the batch ends here; the next one reads on
+			}
+			if !s.readLarge(p) {
+				// The queued copy is missing (it cannot be, by the
+				// kernel's ordering): keep the truncated slot, which
+				// the caller counts and drops.
+				s.slot(p, base, hdr)
+			}
+		} else {
+			s.slot(p, base, hdr)
+		}
 		p.Status = st
 		p.WireLen = int(hdr.Len)
+		p.Ifindex = *(*int32)(unsafe.Pointer(&s.ring[base+sllIfindex]))
+		p.PktType = s.ring[base+sllPktType]
 		n++
 	}
 	return n
 }
 
-// Release hands the n oldest received frames back to the kernel.
+// slot points p at the frame in the ring slot at base.
+func (s *Socket) slot(p *Packet, base int, hdr *unix.Tpacket2Hdr) {
+	mac := base + int(hdr.Mac)
+	p.Buf = s.ring[mac-VNetHdrLen : mac+int(hdr.Snaplen)]
+	p.VNet = VNetHdr(p.Buf[:VNetHdrLen])
+	p.Frame = p.Buf[VNetHdrLen:]
+}
+
+// readLarge reads the next frame of the socket queue, the whole of a frame
+// whose slot holds a truncated copy, into a large-frame buffer.
+func (s *Socket) readLarge(p *Packet) bool {
+	buf := s.large[s.nlarge]
+	r, _, errno := unix.RawSyscall(unix.SYS_READ, uintptr(s.fd), uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)))
+	if errno != 0 || int(r) < VNetHdrLen {
+		return false
+	}
+	s.nlarge++
+	p.Buf = buf[:r]
+	p.VNet = VNetHdr(p.Buf[:VNetHdrLen])
+	p.Frame = p.Buf[VNetHdrLen:]
+	return true
+}
+
+// Release hands the n oldest received frames back to the kernel, and the
+// large-frame buffers with them: call it after the batch was sent.
 func (s *Socket) Release(n int) {
 	for k := 0; k < n; k++ {
 		atomic.StoreUint32(s.status((s.head+k)%s.frames), unix.TP_STATUS_KERNEL)
 	}
 	s.head = (s.head + n) % s.frames
+	s.nlarge = 0
 }
 
-// Send transmits each buffer (a virtio-net header followed by a frame) with
-// as few sendmmsg calls as it takes, waiting while the socket's send buffer
-// is full. A buffer the kernel refuses is skipped and counted; the rest
-// still go. It returns how many were refused and the last such error.
-func (s *Socket) Send(bufs [][]byte) (dropped int, err error) {
-	for len(bufs) > 0 {
-		n := min(len(bufs), len(s.msgs))
+// Send transmits each frame on its interface with as few sendmmsg calls as
+// it takes, waiting while the socket's send buffer is full. A frame the
+// kernel refuses is skipped and counted; the rest still go. It returns how
+// many were refused and the last such error.
+func (s *Socket) Send(out []Out) (dropped int, err error) {
+	for len(out) > 0 {
+		n := min(len(out), len(s.msgs))
 		for i := 0; i < n; i++ {
-			s.iovs[i].Base = &bufs[i][0]
-			s.iovs[i].SetLen(len(bufs[i]))
+			s.iovs[i].Base = &out[i].Buf[0]
+			s.iovs[i].SetLen(len(out[i].Buf))
+			s.addrs[i].Ifindex = out[i].Ifindex
 		}
 		s.txN = n
 		if werr := s.rc.Write(s.txFn); werr != nil {
-			return dropped + len(bufs), werr
+			return dropped + len(out), werr
 		}
 		if s.txErrno != 0 {
 			// sendmmsg fails only when its first message does: drop
 			// that one and go on with the rest.
 			dropped++
 			err = s.txErrno
-			bufs = bufs[1:]
+			out = out[1:]
 			continue
 		}
-		bufs = bufs[s.txR:]
+		out = out[s.txR:]
 	}
 	return dropped, err
 }
@@ -355,6 +533,11 @@ func (s *Socket) trySend(fd uintptr) bool {
 	}
 }
 
+// SetReadDeadline makes a Receive that is waiting return
+// os.ErrDeadlineExceeded at t, so that the worker can do timed housekeeping
+// while no frame arrives. The zero time clears it.
+func (s *Socket) SetReadDeadline(t time.Time) error { return s.file.SetReadDeadline(t) }
+
 // Stats returns the kernel's counts since the last call: frames that
 // passed the filter and frames dropped because the ring was full.
 func (s *Socket) Stats() (packets, drops uint32, err error) {
@@ -376,7 +559,7 @@ func (s *Socket) Close() {
 	// goroutine, and gets EBADF once the descriptor is gone.
 	if s.file != nil {
 		_ = s.file.Close()
-	} else {
+	} else if s.fd >= 0 {
 		unix.Close(s.fd)
 	}
 }
@@ -390,3 +573,9 @@ func (s *Socket) Free() {
 		s.ring = nil
 	}
 }
+
+// Frames returns the number of ring slots.
+func (s *Socket) Frames() int { return s.frames }
+
+// FrameSize returns the size of a ring slot.
+func (s *Socket) FrameSize() int { return s.size }
