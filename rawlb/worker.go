@@ -359,6 +359,15 @@ func (w *worker) pick(svc *Service, key conntrack.ClientKey) (*Backend, int) {
 		return nil, refuseNoBackend
 	}
 	hash := sched.HashAddr(key.Client.IP)
+	if h.stable != nil {
+		if id, ok := h.stable.Pick(hash, nil); ok {
+			if be := w.reg.backends[id]; be != nil && !w.atMax(be) {
+				if ok, _ := be.usable(); ok {
+					return be, 0
+				}
+			}
+		}
+	}
 	// A backend at its max_flows passes the flow on: up to a few tries.
 	for try := 0; try < 4; try++ {
 		id, ok := h.s.Pick(hash+uint64(try)*0x9e3779b97f4a7c15, w.dp.live)
@@ -366,15 +375,18 @@ func (w *worker) pick(svc *Service, key conntrack.ClientKey) (*Backend, int) {
 			return nil, refuseNoBackend
 		}
 		be := w.reg.backends[id]
-		if be == nil {
-			continue
-		}
-		if m := be.maxFlows.Load(); m > 0 && w.dp.live.Live(id) >= m {
+		if be == nil || w.atMax(be) {
 			continue
 		}
 		return be, 0
 	}
 	return nil, refuseNoBackend
+}
+
+// atMax reports whether be holds its max_flows.
+func (w *worker) atMax(be *Backend) bool {
+	m := be.maxFlows.Load()
+	return m > 0 && w.dp.live.Live(be.ID) >= m
 }
 
 // refuse answers a SYN that no backend takes with a RST, so the connect

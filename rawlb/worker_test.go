@@ -740,3 +740,80 @@ func BenchmarkCookieACK(b *testing.B) {
 		b.StartTimer()
 	}
 }
+
+// TestMaglevKeepsClientsWhileTheirBackendIsUp: with maglev, a backend
+// going down (or draining) moves its own clients and no one else's, and
+// they all come back when it does. 4000 client addresses, four backends.
+func TestMaglevKeepsClientsWhileTheirBackendIsUp(t *testing.T) {
+	h := newHarness(t, func(c *config.Config) {
+		c.Services[0].Scheduler = config.Maglev
+		c.Services[0].Backends = append(c.Services[0].Backends,
+			config.Backend{Name: "b2", Address: "198.18.0.13:8090", Weight: 1},
+			config.Backend{Name: "b3", Address: "198.18.0.14:8090", Weight: 1})
+	})
+	const clients = 4000
+	round := 0
+	// picks opens a new flow from every client and returns the backend
+	// each went to (the last byte of its address).
+	picks := func() []byte {
+		round++
+		got := make([]byte, clients)
+		for i := range got {
+			s := client(packet.FlagSYN, 1000, 0)
+			s.src = [4]byte{198, 19, byte(i >> 8), byte(i)}
+			s.sport = uint16(10000 + round)
+			got[i] = [4]byte(one(t, h.in(s.frame(t))).ip.DstIP.To4())[3]
+		}
+		return got
+	}
+	before := picks()
+	share := map[byte]int{}
+	for _, b := range before {
+		share[b]++
+	}
+	t.Logf("%d clients over 4 backends: %v", clients, share)
+	for be, n := range share {
+		if n < clients/4*90/100 || n > clients/4*110/100 {
+			t.Errorf("backend .%d took %d of %d clients, want within 10%% of %d", be, n, clients, clients/4)
+		}
+	}
+	svc := h.b.dp.reg.Load().list[0]
+	b1 := (*svc.backends.Load())[1]
+	for _, step := range []struct {
+		name string
+		set  func()
+	}{
+		{"b1 down", func() { b1.healthy.Store(false) }},
+		{"b1 draining", func() { b1.healthy.Store(true); b1.admin.Store(adminDrain) }},
+	} {
+		step.set()
+		if err := svc.rebuild(); err != nil {
+			t.Fatal(err)
+		}
+		after := picks()
+		moved, others := 0, 0
+		for i := range after {
+			switch {
+			case before[i] == b1.Addr.IP[3]:
+				if after[i] == b1.Addr.IP[3] {
+					t.Fatalf("%s: client %d still went to b1", step.name, i)
+				}
+				moved++
+			case after[i] != before[i]:
+				others++
+			}
+		}
+		// One table over the usable set alone moves 3 of these 2986.
+		if others != 0 {
+			t.Errorf("%s: %d clients of other backends moved too, want 0", step.name, others)
+		}
+		t.Logf("%s: its %d clients moved, %d others", step.name, moved, others)
+	}
+	b1.admin.Store(adminActive)
+	if err := svc.rebuild(); err != nil {
+		t.Fatal(err)
+	}
+	if back := picks(); string(back) != string(before) {
+		t.Error("with b1 back, the clients did not return to where they were")
+	}
+}
