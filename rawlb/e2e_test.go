@@ -6,8 +6,10 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -61,6 +63,9 @@ type setup struct {
 	// restart test starts the next process on it.
 	stateDir string
 	args     []string // the command line the balancer was started with
+	// configPath is the configuration file of a balancer started by
+	// launchConfig; reload rewrites it.
+	configPath string
 }
 
 // start builds the lab, starts a test backend on each backend host and
@@ -110,6 +115,101 @@ func launchWith(t *testing.T, lab *netlab.Lab, backends []string, flags ...strin
 		return int(s.metric(t, "rawlb_backend_up")) == len(lab.Backends) && strings.Count(s.lb.Output(), "next hop resolved") >= len(lab.Backends)
 	})
 	return s
+}
+
+// launchConfig starts rawlb in the lab's balancer namespace with
+// -config, on a file holding configHeader's lines and then services (YAML
+// from a top-level "services:" on), and waits until it has started. It
+// does not wait for backends: the test knows how many should come up
+// (s.waitUp).
+func launchConfig(t *testing.T, lab *netlab.Lab, services string, flags ...string) *setup {
+	t.Helper()
+	skipE2E(t)
+	bin := netlab.BuildBinary(t, "github.com/rawlb/rawlb/cmd/rawlb")
+	s := &setup{lab: lab, vip: fmt.Sprintf("%s:%d", lab.Balancer.IP, lbPort), stateDir: t.TempDir()}
+	s.configPath = filepath.Join(t.TempDir(), "rawlb.yaml")
+	s.writeConfig(t, s.configHeader()+services)
+	s.args = append(append([]string(nil), flags...), "-config", s.configPath)
+	s.lb = lab.Balancer.StartProcess(t, bin, s.args...)
+	if err := s.lb.WaitForOutput("rawlb started", 20*time.Second); err != nil {
+		t.Fatalf("rawlb did not start: %v\n%s", err, s.lb.Output())
+	}
+	return s
+}
+
+// configHeader is the top of a test's configuration file: the balancer's
+// address, the metrics address the helpers scrape and the test's own
+// state directory. It is configHeaderLines lines long, which a test of
+// error messages adds to the line numbers of its services.
+func (s *setup) configHeader() string {
+	return fmt.Sprintf("address: %s\nmetrics: %s\nstate_dir: %s\n", s.lab.Balancer.IP, metricsAddr, s.stateDir)
+}
+
+const configHeaderLines = 3
+
+// writeConfig replaces the configuration file's contents, atomically (a
+// rename), so that rawlb never reads half a file.
+func (s *setup) writeConfig(t *testing.T, content string) {
+	t.Helper()
+	tmp := s.configPath + ".new"
+	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, s.configPath); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// reload writes configHeader and services to the file, sends SIGHUP and
+// waits until rawlb has applied it; a reload that fails fails t, with
+// rawlb's reason.
+func (s *setup) reload(t *testing.T, services string) {
+	t.Helper()
+	if err := s.tryReload(t, s.configHeader()+services); err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+}
+
+// tryReload writes content (the whole file) and sends SIGHUP, waits until
+// rawlb has counted the reload as applied or as failed, and returns nil or
+// the error rawlb logged.
+func (s *setup) tryReload(t *testing.T, content string) error {
+	t.Helper()
+	ok, failed := s.metric(t, "rawlb_config_reloads_total"), s.metric(t, "rawlb_config_reload_failures_total")
+	logged := strings.Count(s.lb.Output(), "reload refused")
+	s.writeConfig(t, content)
+	if err := s.lb.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	var err error
+	netlab.WaitFor(t, 10*time.Second, "rawlb to apply or refuse the reload", func() bool {
+		if s.metric(t, "rawlb_config_reloads_total") > ok {
+			return true
+		}
+		if s.metric(t, "rawlb_config_reload_failures_total") > failed {
+			// The log line follows the counter by a moment.
+			lines := strings.Split(s.lb.Output(), "\n")
+			n := 0
+			for _, l := range lines {
+				if strings.Contains(l, "reload refused") {
+					if n++; n > logged {
+						err = fmt.Errorf("%s", l)
+						return true
+					}
+				}
+			}
+		}
+		return false
+	})
+	return err
+}
+
+// waitUp waits until n backends (over every service) take new flows.
+func (s *setup) waitUp(t *testing.T, n int) {
+	t.Helper()
+	netlab.WaitFor(t, 15*time.Second, fmt.Sprintf("%d backends up", n), func() bool {
+		return int(s.metric(t, "rawlb_backend_up")) == n
+	})
 }
 
 // skipE2E skips a test that runs the balancer binary when
