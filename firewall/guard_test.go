@@ -127,6 +127,7 @@ func runChild(t *testing.T, cmd *exec.Cmd, c Config, grace time.Duration) (*chil
 		t.Fatal(err)
 	}
 	ch := &child{cmd: cmd, stdin: stdin, lines: make(chan string, 16), done: make(chan error, 1)}
+	exited := make(chan struct{})
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
@@ -134,10 +135,21 @@ func runChild(t *testing.T, cmd *exec.Cmd, c Config, grace time.Duration) (*chil
 		}
 		close(ch.lines)
 		ch.done <- cmd.Wait()
+		close(exited)
 	}()
+	// Not cmd.ProcessState == nil: Wait sets it in the goroutine above, and
+	// reading it here is a data race (make test-race caught it once a child
+	// exited by itself). Kill, then drain the output so Wait can return.
 	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
+		select {
+		case <-exited:
+		default:
 			cmd.Process.Kill()
+			go func() {
+				for range ch.lines {
+				}
+			}()
+			<-exited
 		}
 	})
 	return ch, ch.expect(t)
