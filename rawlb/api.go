@@ -206,6 +206,12 @@ func (b *Balancer) apiAction(w http.ResponseWriter, r *http.Request) {
 			if be.Name != beName {
 				continue
 			}
+			// A removed backend (or one of a removed service) only drains:
+			// enabling it would bring back what the file no longer has.
+			if be.admin.Load() == adminRemoved || svc.removed.Load() {
+				http.Error(w, fmt.Sprintf("backend %s of service %s was removed from the configuration: its remaining flows drain", beName, svcName), http.StatusConflict)
+				return
+			}
 			old := be.admin.Swap(admin)
 			if old != admin {
 				be.drainUntil.Store(0)

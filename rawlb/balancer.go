@@ -535,6 +535,15 @@ func (b *Balancer) build(old *registry, cfg *config.Config, resolved map[string]
 			list = append(list, be)
 			reg.backends[be.ID] = be
 		}
+		// Backends the configuration dropped stay in the list, after the
+		// configured ones and in adminRemoved (below), until their last
+		// flow ends: their flows go on, so metrics, the API, the service's
+		// flow count and the restart state must still see them.
+		for _, p := range prev {
+			if !kept[p] {
+				list = append(list, p)
+			}
+		}
 		svc.backends.Store(&list)
 		reg.services[vip] = svc
 		reg.list = append(reg.list, svc)
@@ -846,13 +855,9 @@ func (b *Balancer) collectRemoved() {
 		}
 	}
 	var goneSvc []*Service
-	for _, svc := range reg.list {
-		_ = svc
-	}
-	for vip, svc := range reg.services {
+	for _, svc := range reg.services {
 		if svc.removed.Load() && b.dp.live.serviceFlows(svc) == 0 {
 			goneSvc = append(goneSvc, svc)
-			_ = vip
 		}
 	}
 	if len(gone) == 0 && len(goneSvc) == 0 {
@@ -866,6 +871,13 @@ func (b *Balancer) collectRemoved() {
 	for _, be := range gone {
 		next.backends[be.ID] = nil
 		b.ids.put(be.ID)
+		var list []*Backend
+		for _, o := range *be.Service.backends.Load() {
+			if o != be {
+				list = append(list, o)
+			}
+		}
+		be.Service.backends.Store(&list)
 		b.log.Info("removed backend's last flow ended", "service", be.Service.Name, "backend", be.Name)
 	}
 	if len(goneSvc) == 0 {

@@ -273,6 +273,23 @@ func (s *setup) metric(t *testing.T, name string, labels ...string) float64 {
 	if strings.ContainsAny(name, "{} ") || len(labels)%2 != 0 {
 		t.Fatalf("metric(%q, %q): give the bare metric name, then label, value pairs", name, labels)
 	}
+	samples := s.scrape(t)
+	sum, n := sumSamples(samples, name, labels...)
+	if n == 0 {
+		var same []string
+		for _, x := range samples {
+			if x.name == name {
+				same = append(same, fmt.Sprint(x.labels))
+			}
+		}
+		t.Fatalf("no sample of %s with labels %q among rawlb's metrics (samples of that name: %v)", name, labels, same)
+	}
+	return sum
+}
+
+// scrape reads rawlb's /metrics once; a failure fails t.
+func (s *setup) scrape(t *testing.T) []sample {
+	t.Helper()
 	resp, err := s.lab.Balancer.HTTPClient().Get("http://" + metricsAddr + "/metrics")
 	if err != nil {
 		t.Fatalf("scrape rawlb's metrics: %v\nrawlb output:\n%s", err, s.lb.Output())
@@ -286,17 +303,7 @@ func (s *setup) metric(t *testing.T, name string, labels ...string) float64 {
 	if err != nil {
 		t.Fatalf("rawlb's metrics: %v", err)
 	}
-	sum, n := sumSamples(samples, name, labels...)
-	if n == 0 {
-		var same []string
-		for _, x := range samples {
-			if x.name == name {
-				same = append(same, fmt.Sprint(x.labels))
-			}
-		}
-		t.Fatalf("no sample of %s with labels %q among rawlb's metrics (samples of that name: %v)", name, labels, same)
-	}
-	return sum
+	return samples
 }
 
 // sample is one sample of the Prometheus text exposition format.
