@@ -195,7 +195,10 @@ func TestSlowSYNFlood(t *testing.T) {
 		st, err := fl.Run(context.Background())
 		done <- res{st, err}
 	}()
-	time.Sleep(2 * time.Second) // let the flood reach its rate before measuring
+	// Measure once the flood is in full swing: cookies answering it.
+	netlab.WaitFor(t, 10*time.Second, "the flood to switch SYN cookies on", func() bool {
+		return s.metric(t, "rawlb_syn_cookies_sent_total") >= 20_000
+	})
 	conns := s.startConnectLoop(t, 8, 3*time.Second)
 	during := load.rate(10 * time.Second)
 	r := <-done
