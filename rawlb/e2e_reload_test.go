@@ -122,13 +122,6 @@ func fetchMany(t *testing.T, lab *netlab.Lab, url string, n, conc int) map[strin
 	return count
 }
 
-// present reports whether rawlb exports a sample of name with labels.
-func (s *setup) present(t *testing.T, name string, labels ...string) bool {
-	t.Helper()
-	_, n := sumSamples(s.scrape(t), name, labels...)
-	return n > 0
-}
-
 // wrkSummary is what the test reads from wrk's report.
 type wrkSummary struct {
 	requests     int
