@@ -50,9 +50,11 @@ func (b *Balancer) Reload(cfg *config.Config) (err error) {
 			return fmt.Errorf("%s changed (%v -> %v): that needs a restart", g.Field, g.Old, g.New)
 		}
 	}
+	// An unchanged file is applied all the same: that undoes what the API
+	// changed (drain, enable, disable last until the next reload, as the
+	// README says) and resolves the names again.
 	if ch.Empty() {
-		b.log.Info("reload: the configuration did not change")
-		return nil
+		b.log.Info("reload: the configuration did not change; applying it again (undoes the API's changes, resolves names)")
 	}
 	resolved, err := resolveBackends(cfg)
 	if err != nil {

@@ -25,7 +25,7 @@ th,td{border:1px solid #d1d5da;padding:.3em .6em;text-align:right;white-space:no
 th{background:#f1f3f5} td.l,th.l{text-align:left}
 tr.up td.state{background:#dcffe4} tr.down td.state{background:#ffdce0}
 tr.drain td.state,tr.disabled td.state,tr.removed td.state{background:#fff5b1}
-.why{color:#86181d}
+.why{color:#86181d;white-space:normal}
 </style></head><body>
 <h1>rawlb</h1>
 <div class="meta">version {{.Version}} · up {{.Uptime}} · {{.Flows}} flows ({{.HalfOpen}} half-open){{if .Cookies}} · <b>SYN cookies on</b>{{end}} · generated {{.Now}}</div>
