@@ -633,11 +633,11 @@ func (b *Balancer) healthChanged(e healthcheck.Event) {
 	be.healthy.Store(e.Up)
 	be.down.Store(!e.Up)
 	if e.Up {
-		be.why.Store(nil)
+		be.checkWhy.Store(nil)
 		b.log.Info("backend up", "service", be.Service.Name, "backend", be.Name, "addr", e.Addr)
 	} else {
 		why := "health check: " + fmt.Sprint(e.Err)
-		be.why.Store(&why)
+		be.checkWhy.Store(&why)
 		b.log.Warn("backend down", "service", be.Service.Name, "backend", be.Name, "addr", e.Addr, "err", e.Err)
 	}
 	if err := be.Service.rebuild(); err != nil {
@@ -878,6 +878,7 @@ func (b *Balancer) collectRemoved() {
 			}
 		}
 		be.Service.backends.Store(&list)
+		b.nb.forget(be) // the same goroutine as refreshRoutes: housekeeping
 		b.log.Info("removed backend's last flow ended", "service", be.Service.Name, "backend", be.Name)
 	}
 	if len(goneSvc) == 0 {

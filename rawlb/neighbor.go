@@ -122,7 +122,7 @@ func (n *neighbors) refresh(backends []*Backend) (changed bool) {
 						changed = n.unreachable(b, fmt.Sprintf("next hop %v does not answer ARP", rt.via)) || changed
 					} else {
 						w := fmt.Sprintf("resolving next hop %v", rt.via)
-						b.why.Store(&w)
+						b.routeWhy.Store(&w)
 					}
 				}
 				continue // keep the last MAC if there was one: stale beats none
@@ -137,12 +137,18 @@ func (n *neighbors) refresh(backends []*Backend) (changed bool) {
 			b.hop.Store(h)
 			changed = changed || old == nil
 		}
-		if n.warned[b] != "" {
-			delete(n.warned, b)
-			b.why.Store(nil)
-		}
+		// Reachable: whatever the refresh said before (unreachable, or
+		// still resolving) no longer holds.
+		delete(n.warned, b)
+		b.routeWhy.Store(nil)
 	}
 	return changed
+}
+
+// forget drops what n remembers of b, a backend that is gone.
+func (n *neighbors) forget(b *Backend) {
+	delete(n.warned, b)
+	delete(n.pending, b)
 }
 
 // unreachable marks b as one rawlb cannot send to, logging why once per
@@ -153,7 +159,7 @@ func (n *neighbors) unreachable(b *Backend, why string) bool {
 		n.log.Error("backend unreachable from the balancer: it takes no flows", "service", b.Service.Name, "backend", b.Name, "reason", why)
 	}
 	w := why
-	b.why.Store(&w)
+	b.routeWhy.Store(&w)
 	return b.hop.Swap(nil) != nil
 }
 

@@ -46,8 +46,11 @@ type Backend struct {
 	healthy  atomic.Bool
 	// down is set once health checks failed it (not before the first).
 	down atomic.Bool
-	// why says why the backend cannot take flows, or "" if it can.
-	why atomic.Pointer[string]
+	// checkWhy is why the last health check failed, routeWhy why rawlb
+	// cannot send to the backend; nil when there is nothing to say. Two
+	// fields for two writers (health checks, next-hop refresh), so neither
+	// overwrites or clears the other's reason.
+	checkWhy, routeWhy atomic.Pointer[string]
 	// hop is nil while rawlb cannot send to the backend.
 	hop atomic.Pointer[hop]
 	// drainUntil is the table-clock time after which the flows of a
@@ -145,13 +148,13 @@ func (b *Backend) usable() (bool, string) {
 		return false, "weight 0"
 	}
 	if !b.healthy.Load() {
-		if w := b.why.Load(); w != nil && *w != "" {
+		if w := b.checkWhy.Load(); w != nil {
 			return false, *w
 		}
 		return false, "health check failing"
 	}
 	if b.hop.Load() == nil {
-		if w := b.why.Load(); w != nil && *w != "" {
+		if w := b.routeWhy.Load(); w != nil {
 			return false, *w
 		}
 		return false, "no route or next hop"
