@@ -191,8 +191,15 @@ const (
 	DefaultWeight         = 1
 	DefaultFirewall       = true
 	DefaultSYNCookieMode  = SYNCookiesAuto
-	DefaultOnBackendDown  = KeepFlows
-	DefaultScheduler      = RoundRobin
+	// Reset, because a backend the health checks call dead (fall checks
+	// in a row, seconds) almost never serves its flows again before the
+	// clients' own timeouts, which for idle or keep-alive connections are
+	// minutes to hours: the users saw clients hang. A RST makes
+	// them reconnect at once, to a live backend. keep is for backends
+	// whose checks can fail while established connections still work (a
+	// check on another port, an overloaded accept queue).
+	DefaultOnBackendDown = ResetFlows
+	DefaultScheduler     = RoundRobin
 )
 
 // Defaults returns a Config with every global default set and no address

@@ -41,7 +41,7 @@ func exampleConfig() *Config {
 			Listen:        netip.MustParseAddrPort("192.168.1.10:20000"),
 			Scheduler:     RoundRobin,
 			DrainTimeout:  30 * time.Second,
-			OnBackendDown: KeepFlows,
+			OnBackendDown: ResetFlows,
 			Health:        Health{Kind: HealthTCP, Interval: 2 * time.Second, Timeout: time.Second, Rise: 2, Fall: 3},
 			Backends: []Backend{
 				{Name: "s1", Address: "192.168.1.21:8090", Weight: 1},
@@ -75,7 +75,7 @@ func TestDefaults(t *testing.T) {
 	want.Address = netip.MustParseAddr("198.18.0.2")
 	want.Services = []Service{{
 		Name: "web", Listen: netip.MustParseAddrPort("198.18.0.2:80"), Scheduler: RoundRobin,
-		OnBackendDown: KeepFlows, Health: DefaultHealth(),
+		OnBackendDown: ResetFlows, Health: DefaultHealth(),
 		Backends: []Backend{{Name: "s1", Address: "198.18.0.11:8080", Weight: 1}},
 	}}
 	if !reflect.DeepEqual(c, &want) {
@@ -236,7 +236,7 @@ func goConfig() *Config {
 	c.Address = netip.MustParseAddr("198.18.0.2")
 	c.Services = []Service{{
 		Name: "default", Listen: netip.MustParseAddrPort("198.18.0.2:20000"), Scheduler: LeastConnections,
-		OnBackendDown: KeepFlows, Health: DefaultHealth(),
+		OnBackendDown: ResetFlows, Health: DefaultHealth(),
 		Backends: []Backend{
 			{Name: "198.18.0.11:8090", Address: "198.18.0.11:8090", Weight: 1},
 			{Name: "198.18.0.12:8090", Address: "198.18.0.12:8090", Weight: 1},

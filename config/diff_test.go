@@ -75,13 +75,13 @@ service chat: backend c2 added
 		}, "service chat: removed\nservice irc: added\n"},
 		{"service-level fields", []string{
 			"  - name: web\n    listen: 80\n",
-			"  - name: web\n    listen: 198.18.0.3:8080\n    scheduler: maglev\n    max_flows: 500\n    drain_timeout: 30s\n    on_backend_down: reset\n",
+			"  - name: web\n    listen: 198.18.0.3:8080\n    scheduler: maglev\n    max_flows: 500\n    drain_timeout: 30s\n    on_backend_down: keep\n",
 			"health: {interval: 2s}", "health: {kind: http, interval: 5s, timeout: 2s, rise: 1, fall: 5, port: 9001, path: /ok, host: chat}",
 		}, `service web: listen 198.18.0.2:80 -> 198.18.0.3:8080
 service web: scheduler rr -> maglev
 service web: max_flows 0 -> 500
 service web: drain_timeout 0s -> 30s
-service web: on_backend_down keep -> reset
+service web: on_backend_down reset -> keep
 service chat: health.kind tcp -> http
 service chat: health.interval 2s -> 5s
 service chat: health.timeout 1s -> 2s

@@ -96,6 +96,18 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// fileField names the configuration file's field for a flag whose name
+// differs from it (the others are the flag with _ for -).
+var fileField = map[string]string{
+	"port": "services[].listen", "iface": "interfaces", "algo": "services[].scheduler",
+	"nat-port-quiet": "timeouts.nat_port_quiet", "idle-timeout": "timeouts.established",
+	"half-open-timeout": "timeouts.half_open", "closing-timeout": "timeouts.closing",
+	"reset-rate": "rate_limits.resets", "challenge-ack-rate": "rate_limits.challenge_acks",
+	"syn-ack-rate": "rate_limits.syn_acks", "hc-interval": "services[].health.interval",
+	"hc-timeout": "services[].health.timeout", "hc-fall": "services[].health.fall",
+	"hc-rise": "services[].health.rise", "on-backend-down": "services[].on_backend_down",
+}
+
 func countBackends(c *config.Config) int {
 	n := 0
 	for _, s := range c.Services {
@@ -247,10 +259,22 @@ func parse(args []string, stderr io.Writer) (*invocation, error) {
 		if *checkPath != "" {
 			path, inv.checkOnly = *checkPath, true
 		}
-		for _, name := range []string{"port", "algo", "nat-ports", "iface", "hc-interval", "hc-timeout", "hc-fall", "hc-rise", "on-backend-down"} {
-			if set[name] {
-				return nil, usagef("-%s is a setting of the configuration file: with -config, set it there", name)
+		// Every other flag is a setting of the file; taking one silently
+		// would leave the user believing it applied.
+		var stray []string
+		fs.Visit(func(f *flag.Flag) {
+			switch f.Name {
+			case "config", "check-config", "instance", "handoff-grace":
+			default:
+				stray = append(stray, f.Name)
 			}
+		})
+		if len(stray) > 0 {
+			field := fileField[stray[0]]
+			if field == "" {
+				field = strings.ReplaceAll(stray[0], "-", "_")
+			}
+			return nil, usagef("-%s is a setting of the configuration file (%s): with -config, set it there; only -instance and -handoff-grace go with -config", stray[0], field)
 		}
 		if fs.NArg() > 0 {
 			return nil, usagef("with -config, give no srcIP or backends on the command line (found %q)", fs.Arg(0))

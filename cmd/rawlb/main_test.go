@@ -170,7 +170,10 @@ func TestParseErrors(t *testing.T) {
 		{[]string{src, "no-such-host.invalid:80"}, `cannot resolve "no-such-host.invalid" to an IPv4 address`},
 		{[]string{src, "198.18.0.11:8090", "198.18.0.11", "8090"}, "services[0].backends[1]"},
 		{[]string{"-config", "x.yaml", src, "198.18.0.11:8090"}, "with -config, give no srcIP or backends"},
-		{[]string{"-config", "x.yaml", "-port", "80"}, "-port is a setting of the configuration file"},
+		{[]string{"-config", "x.yaml", "-port", "80"}, "-port is a setting of the configuration file (services[].listen)"},
+		{[]string{"-config", "x.yaml", "-metrics", "127.0.0.1:9120"}, "-metrics is a setting of the configuration file (metrics)"},
+		{[]string{"-workers", "2", "-config", "x.yaml"}, "-workers is a setting of the configuration file (workers)"},
+		{[]string{"-check-config", "x.yaml", "-idle-timeout", "1m"}, "(timeouts.established)"},
 	} {
 		_, err := parse(c.args, io.Discard)
 		if _, usage := err.(usageError); !usage || !strings.Contains(err.Error(), c.want) {
