@@ -147,6 +147,9 @@ type Guard struct {
 	rec      record // what the table's record says, as last written
 	deadline time.Time
 	closed   bool
+	// loOn are the settings of lo this Guard turned on (see
+	// loopbackSysctls), turned off again by Remove.
+	loOn []string
 }
 
 // Start silences the host stack for c's traffic in the calling thread's
@@ -160,6 +163,11 @@ type Guard struct {
 //     after a crash the host answers normally again within Grace;
 //   - the NAT range in ip_local_reserved_ports, so that no local program
 //     binds or auto-picks one of its ports;
+//   - lo's accept_local and route_localnet on, if they were off, so that
+//     the frames rawlb sends into lo (to a backend or a client on this
+//     host) are not dropped as martians (see loopbackSysctls). A clean
+//     Remove by the namespace's last instance turns them off again; after
+//     a crash or a handoff they stay on, which is harmless;
 //   - a record in the table (see record) of the owner and of which ports
 //     of the range the administrator had reserved before rawlb did.
 //
@@ -315,6 +323,14 @@ func (g *Guard) install(me process) error {
 		return err
 	}
 	g.rec, g.deadline = rec, deadline
+	on, err := g.ns.enableLoopback()
+	if err != nil {
+		g.log.Warn("firewall: lo's settings could not be turned on: clients on this host, and backends on it, are not reached (see docs/one-machine.md)", "err", err)
+	}
+	if len(on) > 0 {
+		g.log.Info("firewall: turned on lo's settings that frames rawlb sends into lo need; they go off again when rawlb stops for good", "net.ipv4.conf.lo", strings.Join(on, ","))
+	}
+	g.loOn = on
 	return nil
 }
 
@@ -420,6 +436,14 @@ func (g *Guard) Remove() error {
 	}
 	if err := deleteTableOn(g.ns.nft, g.table); err != nil {
 		return err
+	}
+	// Another instance of the namespace may hand frames to lo as well: the
+	// last one out turns the settings off, if it was the one that turned
+	// them on.
+	if len(others) == 0 {
+		if err := g.ns.restoreLoopback(g.loOn); err != nil {
+			g.log.Warn("firewall: turning lo's settings off again failed", "err", err)
+		}
 	}
 	g.closed = true
 	g.ns.close()

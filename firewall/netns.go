@@ -37,6 +37,9 @@ type namespace struct {
 	// opener of one namespace gets the same nsfs inode, another namespace
 	// is another inode, and the kernel drops the lock when its holder dies.
 	nsFile *os.File
+	// lo are lo's settings that frames injected into lo need (see
+	// loopbackSysctls).
+	lo []loSetting
 }
 
 // openNamespace opens the handles in the calling thread's namespace.
@@ -60,10 +63,12 @@ func openNamespace() (*namespace, error) {
 		ns.nsFile.Close()
 		return nil, nftError("opening nftables netlink socket", err)
 	}
+	ns.lo = openLoopback()
 	return ns, nil
 }
 
 func (ns *namespace) close() {
+	ns.closeLoopback()
 	ns.nft.CloseLasting()
 	ns.sysctl.Close()
 	ns.nsFile.Close()
