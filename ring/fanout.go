@@ -28,6 +28,15 @@ func OpenGroup(c Config, n int, prog []bpf.RawInstruction) ([]*Socket, uint16, e
 	if len(prog) > 0 {
 		mode = unix.PACKET_FANOUT_CBPF
 	}
+	// A socket that joins a group hands its packet hook over to the
+	// group's, which ignores outgoing frames only if the group says so
+	// (fanout_add, net/packet/af_packet.c): each socket's own
+	// PACKET_IGNORE_OUTGOING no longer applies. Without the flag, every
+	// frame the host sends to rawlb over lo reached a worker twice, once
+	// as PACKET_OUTGOING (copied, then dropped as not_host: 824 of them in
+	// TestOneHostLoopback with two workers) and once as incoming. Every
+	// member must give the same flags.
+	mode |= unix.PACKET_FANOUT_FLAG_IGNORE_OUTGOING
 	var socks []*Socket
 	fail := func(err error) ([]*Socket, uint16, error) {
 		for _, s := range socks {
