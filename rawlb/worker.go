@@ -184,7 +184,9 @@ func (w *worker) handle(p *ring.Packet) {
 		w.drop(dropNotHost)
 		return
 	}
-	if len(p.Frame) > len(p.Buf) {
+	if p.Status&unix.TP_STATUS_COPY != 0 {
+		// Larger than a ring slot: read whole from the socket queue (a
+		// 64 KB segment on lo, a GRO or GSO one on a veth).
 		w.stats.bigFrames.Add(1)
 	}
 	f := &w.frame
