@@ -24,11 +24,34 @@ build:
 # RAWLB_REQUIRE_PRIVILEGED=1 turns their skip into a failure.
 TESTPROGRESS = $(GO) run ./internal/testprogress -go $(GO) --
 
+# First run on a fresh machine: `make test` and `make demo` run
+# scripts/deps.sh (apt packages, Go modules) when the stamp of its last
+# success is missing or older than deps.sh or go.sum, or a command the
+# end-to-end tests run is missing; otherwise the check costs milliseconds.
+# Without root it only says what to run: apt-get needs root, and the
+# unprivileged tests need none of it. A stamp in a bin/ that this run
+# created goes to the sudo user, so a later `make build` can write there.
+DEPS_STAMP    := $(BIN)/.deps-ok
+DEPS_COMMANDS := ip bridge nft iptables ethtool gcc git curl iperf3 wrk
+.PHONY: deps
+deps:
+	@PATH="$$PATH:/usr/sbin:/sbin"; missing=; \
+	for c in $(DEPS_COMMANDS); do command -v $$c >/dev/null || missing="$$missing $$c"; done; \
+	if [ -z "$$missing" ] && [ $(DEPS_STAMP) -nt scripts/deps.sh ] && [ $(DEPS_STAMP) -nt go.sum ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+		echo "deps: not root, so not running scripts/deps.sh$${missing:+ (missing:$$missing)}; privileged tests will skip: sudo make $(or $(MAKECMDGOALS),test) installs what they need"; \
+		exit 0; \
+	fi; \
+	echo "deps: bash scripts/deps.sh$${missing:+ (missing:$$missing)}"; \
+	bash scripts/deps.sh || exit $$?; \
+	[ -d $(BIN) ] || { mkdir -p $(BIN) && { [ -z "$$SUDO_UID" ] || chown "$$SUDO_UID:$$SUDO_GID" $(BIN); }; }; \
+	touch $(DEPS_STAMP)
+
 # What a developer runs: vet, then every test but the slow ones, which
 # skip saying why: end-to-end tests named TestSlow* (test-slow; conventions
 # at the top of rawlb/e2e_test.go) and the deploy checks that build programs
 # or run make (check-deploy). Each runs only with its variable set.
-test:
+test: deps
 	$(GO) vet ./...
 	$(TESTPROGRESS) -count=1 ./...
 
@@ -132,7 +155,7 @@ image: build
 # spread round robin, a stopped backend leaves the rotation and comes back.
 # Needs root; removes everything it made.
 .PHONY: demo
-demo:
+demo: deps
 	$(GO) test -count=1 -run '^TestDemo$$' -v ./rawlb
 
 # Side-by-side benchmark on a namespace network (needs root): rawlb against
