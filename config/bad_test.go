@@ -158,6 +158,8 @@ services:
       - {name: s1, address: 198.18.0.11:8080}
 `, `rawlb.yaml:8: services[1].listen: 198.18.0.2:80 is already used by service "web" (services[0] at line 3): each service needs its own ip:port`},
 	{"listen inside nat_ports", strings.Replace(base, "listen: 80", "listen: 45000", 1), `rawlb.yaml:4: services[0].listen: port 45000 is inside nat_ports 40000-59999, where backends' replies arrive: pick a port outside it, or move nat_ports`},
+	{"backend on a NAT port of the NAT source", base + "      - {name: s2, address: 198.18.0.2:45000}\n", `rawlb.yaml:7: services[0].backends[1].address: port 45000 of 198.18.0.2 is inside nat_ports 40000-59999, where backends' replies arrive: move the backend's port or nat_ports`},
+	{"backend at a service's own address", base + "      - {name: s2, address: 198.18.0.2:80}\n", `rawlb.yaml:7: services[0].backends[1].address: 198.18.0.2:80 is service "web"'s own address: rawlb would balance onto itself`},
 	{"duplicate backend names", base + "      - {name: s1, address: 198.18.0.12:8080}\n", `rawlb.yaml:7: services[0].backends[1].name: backend name "s1" is already used by services[0].backends[0] at line 6: names must be unique within a service`},
 	{"duplicate backend addresses", base + "      - {name: s2, address: 198.18.0.11:8080}\n", `rawlb.yaml:7: services[0].backends[1].address: 198.18.0.11:8080 is already used by backend "s1" (services[0].backends[0] at line 6): list each server once, with a weight`},
 	{"no backends", strings.Replace(base, "      - {name: s1, address: 198.18.0.11:8080}\n", "", 1), `rawlb.yaml:5: services[0].backends: a service needs at least one backend, e.g. backends: [{name: s1, address: 192.168.1.21:8090}]`},

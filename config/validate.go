@@ -185,6 +185,8 @@ func (v *validator) service(c *Config, i int, names map[string]int, listens map[
 			v.add(bp+".address", "required: host:port, e.g. 192.168.1.21:8090")
 		} else if msg := checkHostPort(b.Address, "192.168.1.21:8090", false); msg != "" {
 			v.add(bp+".address", "%s", msg)
+		} else if msg := loops(c, b.Address); msg != "" {
+			v.add(bp+".address", "%s", msg)
 		} else if k, dup := addrs[strings.ToLower(b.Address)]; dup {
 			v.add(bp+".address", "%s is already used by backend %q (%s): list each server once, with a weight", b.Address, s.Backends[k].Name, v.ref(fmt.Sprintf("%s.backends[%d]", sp, k)))
 		} else {
@@ -195,6 +197,26 @@ func (v *validator) service(c *Config, i int, names map[string]int, listens map[
 		}
 		v.atLeast(bp+".max_flows", b.MaxFlows, 0, "0 (unlimited)")
 	}
+}
+
+// loops says why a backend at addr (an IP literal; names are resolved
+// later) would receive rawlb's own traffic instead of serving it: a service
+// address, or the NAT source on a NAT port (where backends' replies
+// arrive). "" if neither.
+func loops(c *Config, addr string) string {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return ""
+	}
+	for _, s := range c.Services {
+		if s.Listen == ap {
+			return fmt.Sprintf("%v is service %q's own address: rawlb would balance onto itself", ap, s.Name)
+		}
+	}
+	if ap.Addr() == c.Address && c.NATPorts.check() == nil && c.NATPorts.Contains(ap.Port()) {
+		return fmt.Sprintf("port %d of %v is inside nat_ports %v, where backends' replies arrive: move the backend's port or nat_ports", ap.Port(), ap.Addr(), c.NATPorts)
+	}
+	return ""
 }
 
 func (v *validator) health(hp string, h *Health) {

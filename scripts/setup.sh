@@ -12,10 +12,15 @@
 #                    (belt and braces for RSTs that still get out)
 #   net.ipv4.ip_local_reserved_ports += FIRST-LAST
 #                    (no local program binds or auto-picks a NAT port)
+#   net.ipv4.conf.lo.accept_local = 1, net.ipv4.conf.lo.route_localnet = 1
+#                    (frames rawlb writes into lo, to a client or backend on
+#                    this host, are not dropped as martians; see
+#                    firewall/loopback.go)
 #
 # Every rule carries the comment "rawlb SRC:PORT". install is idempotent.
-# remove deletes the rules and takes out of ip_local_reserved_ports only the
-# ports install added (recorded in a state file under $RAWLB_STATE_DIR,
+# remove deletes the rules, turns off the lo settings install turned on,
+# and takes out of ip_local_reserved_ports only the
+# ports install added (recorded in state files under $RAWLB_STATE_DIR,
 # default /run/rawlb, which like the sysctl does not survive a reboot), so
 # ports reserved by anyone else stay reserved. Everything applies to the
 # network namespace the script runs in.
@@ -214,6 +219,32 @@ release_ports() {
 	rm -f "$STATE"
 }
 
+# lo's settings that install turned on are recorded in $LO_STATE (one name
+# a line); remove turns off exactly those.
+readonly LO_CONF=/proc/sys/net/ipv4/conf/lo
+enable_loopback() {
+	[ ! -e "$LO_STATE" ] || return 0
+	local name on=()
+	for name in accept_local route_localnet; do
+		if [ "$(<"$LO_CONF/$name")" = 0 ]; then
+			echo 1 >"$LO_CONF/$name" || die "writing $LO_CONF/$name failed: run as root"
+			on+=("$name")
+		fi
+	done
+	mkdir -p "$STATE_DIR"
+	printf '%s\n' "${on[@]}" >"$LO_STATE.tmp"
+	mv "$LO_STATE.tmp" "$LO_STATE"
+}
+
+restore_loopback() {
+	[ -e "$LO_STATE" ] || return 0
+	local name
+	while read -r name; do
+		[ -z "$name" ] || echo 0 >"$LO_CONF/$name"
+	done <"$LO_STATE"
+	rm -f "$LO_STATE"
+}
+
 case ${1:-} in
 -h | --help)
 	echo "usage: ${0##*/} install|remove <srcIP> [port=20000] [natRange=40000-59999]"
@@ -254,14 +285,17 @@ ipt -t raw -S PREROUTING >/dev/null 2>&1 ||
 # The state is per network namespace, like the sysctl and the rules.
 NETNS=$(stat -L -c %i /proc/self/ns/net) || die "cannot identify the network namespace"
 readonly STATE="$STATE_DIR/reserved-ports-$NETNS-$SRC-$PORT"
+readonly LO_STATE="$STATE_DIR/loopback-$NETNS-$SRC-$PORT"
 
 case $ACTION in
 install)
 	install_rules
 	reserve_ports
+	enable_loopback
 	;;
 remove)
 	remove_rules
 	release_ports
+	restore_loopback
 	;;
 esac

@@ -107,6 +107,9 @@ func TestSetupInstallRemove(t *testing.T) {
 	if !strings.Contains(installed, "reserved: 1000,40000-60000\n") {
 		t.Errorf("reserved ports after install not 1000,40000-60000:\n%s", installed)
 	}
+	if !strings.Contains(installed, "lo accept_local: 1\nlo route_localnet: 1\n") {
+		t.Errorf("lo's accept_local and route_localnet not both on after install:\n%s", installed)
+	}
 
 	setup("install", "198.18.0.2")
 	if again := snapshot(t, ns); again != installed {
@@ -170,6 +173,9 @@ func snapshot(t *testing.T, ns string) string {
 		b.WriteString(counters.ReplaceAllString(line, "[]") + "\n")
 	}
 	b.WriteString("reserved: " + nsRun(t, ns, "", "cat", reservedPorts))
+	for _, name := range []string{"accept_local", "route_localnet"} {
+		b.WriteString("lo " + name + ": " + nsRun(t, ns, "", "cat", "/proc/sys/net/ipv4/conf/lo/"+name))
+	}
 	return b.String()
 }
 
