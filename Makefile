@@ -135,6 +135,11 @@ install: build
 	else \
 		install -m 0644 deploy/systemd/rawlb.env $(DESTDIR)/etc/default/rawlb; \
 	fi
+	@# The unit runs -config /etc/rawlb/rawlb.yaml: the example, every field
+	@# with its default, goes beside it for the admin to copy and edit.
+	install -d $(DESTDIR)/etc/rawlb
+	install -m 0644 config/testdata/example.yaml $(DESTDIR)/etc/rawlb/rawlb.yaml.example
+	@[ -e $(DESTDIR)/etc/rawlb/rawlb.yaml ] || echo "next: cp /etc/rawlb/rawlb.yaml.example /etc/rawlb/rawlb.yaml, edit it, rawlb -check-config /etc/rawlb/rawlb.yaml"
 
 # --- Container image (deploy/docker/) ---
 

@@ -66,6 +66,11 @@ func TestMakeInstall(t *testing.T) {
 			t.Errorf("PREFIX=%q: %s is not deploy/systemd/rawlb.env", prefix, envPath)
 		}
 
+		example := filepath.Join(destdir, "etc", "rawlb", "rawlb.yaml.example")
+		if got, err := os.ReadFile(example); err != nil || string(got) != readRepoFile(t, "config", "testdata", "example.yaml") {
+			t.Errorf("PREFIX=%q: %s is not config/testdata/example.yaml (%v)", prefix, example, err)
+		}
+
 		// A second install keeps the admin's edited settings.
 		edited := []byte("RAWLB_SRC_IP=192.0.2.99\n")
 		if err := os.WriteFile(envPath, edited, 0o644); err != nil {
