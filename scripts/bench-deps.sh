@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Installs what scripts/bench.sh needs on Debian/Ubuntu: haproxy, nftables,
 # iproute2, curl and procps always, and for the loads in BENCH_LOADS (as
-# bench.sh reads it; default all): nginx (the light build where the
-# distribution still has it) and wrk for conn, keepalive and bulk;
-# redis-server and redis-tools (redis-benchmark, redis-cli) for redis;
-# iperf3 for iperf. Idempotent: packages already installed are left alone
-# and apt-get runs only when something is missing. Needs root.
+# bench.sh reads it; default the first five): nginx (the light build where
+# the distribution still has it) for conn, keepalive, bulk and restart, wrk
+# for the first three; redis-server and redis-tools (redis-benchmark,
+# redis-cli) for redis; iperf3 for iperf. The restart load's client
+# (internal/tools/connrate) and BENCH_VARIANTS' _REV builds need Go, which
+# the repository's build needs anyway: it is not installed here.
+# Idempotent: packages already installed are left alone and apt-get runs
+# only when something is missing. Needs root.
 #
 # Debian's nginx, haproxy and redis-server packages may start their own
 # system service on install; the benchmark never uses it, it runs its own
@@ -32,15 +35,16 @@ candidate() {
 # The same default as bench.sh's; bench.sh rejects names it does not know.
 read -r -a loads <<<"${BENCH_LOADS:-conn keepalive bulk redis iperf}"
 want=(iproute2 nftables haproxy curl procps)
-need_nginx=false
+need_nginx=false need_wrk=false
 for l in "${loads[@]}"; do
 	case $l in
-	conn | keepalive | bulk) need_nginx=true ;;
+	conn | keepalive | bulk) need_nginx=true need_wrk=true ;;
+	restart) need_nginx=true ;;
 	redis) want+=(redis-server redis-tools) ;;
 	iperf) want+=(iperf3) ;;
 	esac
 done
-if $need_nginx; then
+if $need_wrk; then
 	want+=(wrk)
 fi
 

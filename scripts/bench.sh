@@ -19,14 +19,25 @@
 # same address and port with an ACK, the client resets and retransmits its
 # SYN, and the next contender's connection rate collapses.
 #
-# Loads, from the client; BENCH_LOADS picks some (default all five, e.g.
-# BENCH_LOADS="redis iperf"):
+# Loads, from the client; BENCH_LOADS picks some (default the first five,
+# e.g. BENCH_LOADS="redis iperf"; restart only when named):
 #   conn       wrk -t2 -c32 -H 'Connection: close' /   a connection per request
 #   keepalive  wrk -t2 -c32 /                          keep-alive requests
 #   bulk       wrk -t1 -c1 /big                        one bulk stream
 #   redis      redis-benchmark -c 200 -n 100000 -t set, then -t get, -q --csv
 #              against the three redis-servers
 #   iperf      iperf3 -P 4, -P 4 -R, -P 1, -P 1 -R (Gbit/s) to be1 alone
+#   restart    rawlb contenders only: connrate (internal/tools/connrate, built
+#              here) runs 32 clients doing GET / with Connection: close for
+#              BENCH_RESTART_DURATION (default 30s) and counts connections
+#              and errors in 10 ms buckets; at a third of it rawlb gets
+#              SIGTERM and the same command line starts again on the same
+#              -state-dir, at two thirds the running process gets SIGUSR2
+#              (an upgrade to the same binary; skipped for a binary whose
+#              -h does not mention USR2). The report gets connections and
+#              errors second by second, and an SVG chart goes to
+#              BENCH_RESTART_SVG (default bench-restart.svg beside
+#              BENCH_OUT).
 # The wrk and iperf3 loads run for BENCH_DURATION (default 10s) each;
 # redis-benchmark runs its 100000 requests. Each contender serves one
 # service at a time on :20000 (http: nginx x3, redis: redis-server x3,
@@ -36,8 +47,24 @@
 #
 # Needs root, haproxy, nft, ip, curl and each load's tools (nginx and wrk;
 # redis-server, redis-benchmark and redis-cli; iperf3: scripts/bench-deps.sh)
-# and bin/rawlb (make build; RAWLB_BIN overrides). BENCH_CONTENDERS runs only
-# some contenders (default "direct knat haproxy rawlb"). BENCH_ROUNDS
+# and bin/rawlb (make build; RAWLB_BIN overrides); go for the restart load
+# and for BENCH_VARIANTS' _REV builds (GO overrides). BENCH_CONTENDERS runs
+# only some contenders (default "direct knat haproxy rawlb").
+#
+# BENCH_VARIANTS adds further rawlb contenders, run in the same rounds and
+# reported like rawlb, with their ratios to the kernel NAT and to plain
+# rawlb: BENCH_VARIANTS="base cookies" adds rawlb-base and rawlb-cookies.
+# For a variant NAME ([A-Za-z0-9_], up to 16):
+#   RAWLB_VARIANT_NAME_BIN=PATH  its binary (default: RAWLB_BIN's)
+#   RAWLB_VARIANT_NAME_REV=REV   or a binary built here from that commit of
+#                                this repository (git archive into the work
+#                                directory, go build; nothing is checked out)
+#   RAWLB_VARIANT_NAME_ARGS=...  extra flags, split on whitespace (no quoting)
+# e.g. RAWLB_VARIANT_base_REV=3dc9834 (the engine before its rewrite),
+# RAWLB_VARIANT_cookies_ARGS="-syn-cookies on". Every rawlb contender gets
+# only flags every rawlb version knows (-port, -metrics, -hc-interval for
+# iperf3), then its extra flags; -state-dir (in the work directory, fresh
+# for each start) only if its -h lists it. BENCH_ROUNDS
 # (default 3) repeats the whole set, each round starting with the next
 # contender, so a slow minute on a shared machine hits every contender
 # alike; the table shows each contender's median round and every round's
@@ -55,13 +82,18 @@ OUT=${BENCH_OUT:-$ROOT/docs/bench-latest.md}
 case $OUT in /*) ;; *) OUT=$caller_pwd/$OUT ;; esac
 RAWLB=${RAWLB_BIN:-$ROOT/bin/rawlb}
 case $RAWLB in /*) ;; *) RAWLB=$caller_pwd/$RAWLB ;; esac
+RESTART_DURATION=${BENCH_RESTART_DURATION:-30s}
+RESTART_SVG=${BENCH_RESTART_SVG:-$(dirname "$OUT")/bench-restart.svg}
+case $RESTART_SVG in /*) ;; *) RESTART_SVG=$caller_pwd/$RESTART_SVG ;; esac
+GO=${GO:-$(command -v go || echo /usr/local/go/bin/go)}
 
 readonly LB_IP=198.18.0.2 CLIENT_IP=198.18.0.10 LB_PORT=20000 BE_PORT=8090
 readonly REDIS_PORT=6379 IPERF_PORT=5201
 readonly BACKEND_IPS=(198.18.0.11 198.18.0.12 198.18.0.13)
 readonly METRICS_ADDR=127.0.0.1:9120
 readonly BIG_BYTES=$((64 << 20))
-readonly ALL_LOADS=(conn keepalive bulk redis iperf)
+readonly ALL_LOADS=(conn keepalive bulk redis iperf restart)
+readonly DEFAULT_LOADS=(conn keepalive bulk redis iperf)
 readonly ALL_CONTENDERS=(direct knat haproxy rawlb)
 # The rows each load reports: redis one per redis-benchmark test, iperf
 # one per iperf3 run.
@@ -81,12 +113,40 @@ read -r -a CONTENDERS <<<"${BENCH_CONTENDERS:-${ALL_CONTENDERS[*]}}"
 for c in "${CONTENDERS[@]}"; do
 	[[ " ${ALL_CONTENDERS[*]} " == *" $c "* ]] || die "BENCH_CONTENDERS: unknown contender $c (want some of: ${ALL_CONTENDERS[*]})"
 done
-readonly CONTENDERS
+
+# BENCH_VARIANTS: more rawlb contenders, named rawlb-NAME, each with its
+# binary (VBIN, or VREV to build), its extra flags (VARGS) and its letter
+# in the tables (after rawlb's d).
+read -r -a VARIANTS <<<"${BENCH_VARIANTS:-}"
+declare -A VBIN=() VREV=() VARGS=() VLETTER=()
+letters=(e f g h i j k l m n o p) any_rev=false
+for v in "${VARIANTS[@]}"; do
+	[[ $v =~ ^[A-Za-z0-9_]{1,16}$ ]] || die "BENCH_VARIANTS: bad name $v (want [A-Za-z0-9_], up to 16)"
+	[ -z "${VLETTER[$v]:-}" ] || die "BENCH_VARIANTS: $v given twice"
+	[ ${#VLETTER[@]} -lt ${#letters[@]} ] || die "BENCH_VARIANTS: at most ${#letters[@]} variants"
+	VLETTER[$v]=${letters[${#VLETTER[@]}]}
+	bin_var=RAWLB_VARIANT_${v}_BIN rev_var=RAWLB_VARIANT_${v}_REV args_var=RAWLB_VARIANT_${v}_ARGS
+	VBIN[$v]=${!bin_var:-} VREV[$v]=${!rev_var:-} VARGS[$v]=${!args_var:-}
+	[ -z "${VBIN[$v]}" ] || [ -z "${VREV[$v]}" ] || die "variant $v: give $bin_var or $rev_var, not both"
+	case ${VBIN[$v]} in "" | /*) ;; *) VBIN[$v]=$caller_pwd/${VBIN[$v]} ;; esac
+	[ -z "${VREV[$v]}" ] || any_rev=true
+	[ -n "${VBIN[$v]}${VREV[$v]}" ] || VBIN[$v]=$RAWLB
+	[ -z "${VBIN[$v]}" ] || [ -x "${VBIN[$v]}" ] || die "variant $v: ${VBIN[$v]} is not an executable"
+	CONTENDERS+=("rawlb-$v")
+done
+readonly CONTENDERS VARIANTS
+
+# is_rawlb C: C is rawlb or one of its variants.
+is_rawlb() {
+	[[ $1 == rawlb || $1 == rawlb-* ]]
+}
 
 # BENCH_LOADS picks some loads. LOADS are the wrk loads among them (the
 # first table), NEW_ROWS the rows of redis and iperf (the second), ROWS
-# both, and SERVICES what the contenders must balance for them, in order.
-read -r -a picked <<<"${BENCH_LOADS:-${ALL_LOADS[*]}}"
+# both, RESTART whether the restart load runs (on http, rawlb contenders
+# only; a table of its own), and SERVICES what the contenders must balance
+# for them, in order.
+read -r -a picked <<<"${BENCH_LOADS:-${DEFAULT_LOADS[*]}}"
 LOADS=() NEW_ROWS=() SERVICES=()
 for l in "${picked[@]}"; do
 	[[ " ${ALL_LOADS[*]} " == *" $l "* ]] || die "BENCH_LOADS: unknown load $l (want some of: ${ALL_LOADS[*]})"
@@ -94,7 +154,9 @@ done
 for l in conn keepalive bulk; do
 	[[ " ${picked[*]} " != *" $l "* ]] || LOADS+=("$l")
 done
-[ ${#LOADS[@]} -eq 0 ] || SERVICES+=(http)
+RESTART=false
+[[ " ${picked[*]} " != *" restart "* ]] || RESTART=true
+[ ${#LOADS[@]} -eq 0 ] && ! $RESTART || SERVICES+=(http)
 if [[ " ${picked[*]} " == *" redis "* ]]; then
 	NEW_ROWS+=("${REDIS_ROWS[@]}") SERVICES+=(redis)
 fi
@@ -103,7 +165,7 @@ if [[ " ${picked[*]} " == *" iperf "* ]]; then
 fi
 [ ${#SERVICES[@]} -gt 0 ] || die "BENCH_LOADS is empty (want some of: ${ALL_LOADS[*]})"
 ROWS=("${LOADS[@]}" "${NEW_ROWS[@]}")
-readonly LOADS NEW_ROWS SERVICES ROWS
+readonly LOADS NEW_ROWS SERVICES ROWS RESTART
 
 # wants SERVICE: SERVICE is among those this run measures.
 wants() {
@@ -113,15 +175,23 @@ wants() {
 [[ $DURATION =~ ^[1-9][0-9]*[smh]?$ ]] || die "BENCH_DURATION=$DURATION: want a wrk duration such as 10s, 2m"
 [[ $ROUNDS =~ ^[1-9]$ ]] || die "BENCH_ROUNDS=$ROUNDS: want a number of rounds from 1 to 9"
 readonly ROUNDS
+[[ $RESTART_DURATION =~ ^([1-9][0-9]*)s?$ ]] && [ "${BASH_REMATCH[1]}" -ge 9 ] ||
+	die "BENCH_RESTART_DURATION=$RESTART_DURATION: want whole seconds, at least 9 (e.g. 30s)"
+RESTART_S=${RESTART_DURATION%s}
+readonly RESTART_S
 [ "$(id -u)" -eq 0 ] || die "needs root (network namespaces); run it as: sudo make bench"
 tools=(ip bridge nft haproxy curl top getconf)
-! wants http || tools+=(nginx wrk)
+! wants http || tools+=(nginx)
+[ ${#LOADS[@]} -eq 0 ] || tools+=(wrk)
 ! wants redis || tools+=(redis-server redis-benchmark redis-cli)
 ! wants iperf || tools+=(iperf3)
 for tool in "${tools[@]}"; do
 	command -v "$tool" >/dev/null || die "$tool not found: run scripts/bench-deps.sh (BENCH_LOADS=\"${picked[*]}\")"
 done
 [ -x "$RAWLB" ] || die "$RAWLB not found: run make build first"
+if $RESTART || $any_rev; then
+	[ -x "$GO" ] || die "go not found (GO=$GO): the restart load and RAWLB_VARIANT_*_REV build with it"
+fi
 
 duration_seconds() {
 	local n=${DURATION%[smh]}
@@ -147,6 +217,9 @@ WORK=$(mktemp -d /tmp/rawlb-bench.XXXXXX)
 chmod 755 "$WORK"
 
 NAMESPACES=() # created, deleted in reverse on exit
+# The rawlb process being measured: its command line, its log and those
+# of the processes before it in the same service (a restart's).
+RAWLB_CMD=() RAWLB_LOG="" RAWLB_LOGS=() RAWLB_MAIN_PID=""
 
 cleanup() {
 	local rc=$? pid
@@ -158,6 +231,10 @@ cleanup() {
 		kill -KILL "$pid" 2>/dev/null
 		wait "$pid" 2>/dev/null
 	done
+	# BENCH_LOGS_DIR keeps the balancers' and servers' logs of the run.
+	if [ -n "${BENCH_LOGS_DIR:-}" ]; then
+		mkdir -p "$BENCH_LOGS_DIR" && find "$WORK" -name '*.log' -exec cp --parents -t "$BENCH_LOGS_DIR" {} + 2>/dev/null
+	fi
 	rm -rf "$WORK"
 	[ "$rc" -eq 0 ] || log "failed (exit $rc); namespaces and processes cleaned up"
 	exit "$rc"
@@ -250,6 +327,67 @@ start() {
 
 alive() {
 	kill -0 "$1" 2>/dev/null
+}
+
+# --- binaries ---
+
+# build_rev NAME REV: rawlb as of commit REV of this repository, for
+# variant NAME, into the work directory. git archive reads the commit from
+# the object store: nothing is checked out, no worktree or index is
+# touched, and the sources go with the work directory on exit.
+# safe.directory: under sudo the repository may belong to someone else.
+build_rev() {
+	local name=$1 rev=$2 commit src=$WORK/src-$1
+	commit=$(git -c safe.directory="$ROOT" -C "$ROOT" rev-parse --verify --quiet "$rev^{commit}") ||
+		die "variant $name: $rev is not a commit of $ROOT"
+	mkdir -p "$src"
+	git -c safe.directory="$ROOT" -C "$ROOT" archive --format=tar "$commit" | tar -x -C "$src"
+	log "variant $name: building ${commit:0:12} in $src"
+	(cd "$src" && CGO_ENABLED=0 "$GO" build -trimpath -ldflags "-s -w -X main.version=${commit:0:12}" -o "$WORK/rawlb-$name" ./cmd/rawlb) ||
+		die "variant $name: go build of $rev failed"
+	VBIN[$name]=$WORK/rawlb-$name
+}
+
+# rawlb_bin C: the binary of rawlb contender C.
+rawlb_bin() {
+	case $1 in
+	rawlb) echo "$RAWLB" ;;
+	*) echo "${VBIN[${1#rawlb-}]}" ;;
+	esac
+}
+
+# rawlb_extra_args C: contender C's own flags, one per line.
+rawlb_extra_args() {
+	case $1 in
+	rawlb) ;;
+	*)
+		local a
+		read -r -a a <<<"${VARGS[${1#rawlb-}]}"
+		[ ${#a[@]} -eq 0 ] || printf '%s\n' "${a[@]}"
+		;;
+	esac
+}
+
+# What each rawlb contender's binary understands, from its -h: a binary
+# from before the engine rewrite has no -state-dir and takes SIGUSR2 for
+# the default action (it dies), so it gets neither.
+declare -A HAS_STATE_DIR=() HAS_UPGRADE=()
+probe_rawlb() {
+	local c help
+	for c in "${CONTENDERS[@]}"; do
+		is_rawlb "$c" || continue
+		help=$("$(rawlb_bin "$c")" -h 2>&1 || true)
+		HAS_STATE_DIR[$c]=false HAS_UPGRADE[$c]=false
+		[[ $help != *-state-dir* ]] || HAS_STATE_DIR[$c]=true
+		[[ $help != *USR2* ]] || HAS_UPGRADE[$c]=true
+	done
+}
+
+# build_tools: connrate, the restart load's client (it counts per 10 ms;
+# wrk only gives totals).
+build_tools() {
+	(cd "$ROOT" && CGO_ENABLED=0 "$GO" build -o "$WORK/connrate" ./internal/tools/connrate) ||
+		die "go build ./internal/tools/connrate failed"
 }
 
 # --- the lab ---
@@ -489,7 +627,9 @@ start_haproxy() {
 	wait_until 10 "haproxy balancing" lb_balancing "$WORK/haproxy.log"
 }
 
+# start_rawlb C: rawlb contender C (rawlb or a variant).
 start_rawlb() {
+	local c=$1
 	LB_NS=${LAB}lb URL_BASE="http://$LB_IP:$LB_PORT"
 	add_host "$LB_NS" lb "$LB_IP"
 	# A fresh namespace: no nft NAT table, no haproxy, no conntrack state.
@@ -503,15 +643,28 @@ start_rawlb() {
 	# iperf3 only the first check runs (the first result sets a
 	# backend's state outright).
 	[ "$SVC" != iperf ] || args+=(-hc-interval 1h)
-	args+=("$LB_IP")
+	# A state directory of this start's own: the restart a SIGTERM
+	# prepares (delete_ns stops rawlb that way too) must not be taken over
+	# by the next start in another lab, and nothing goes to /run/rawlb.
+	if ${HAS_STATE_DIR[$c]}; then
+		local state=$WORK/state/${LAB#"$P"}$SVC
+		rm -rf "$state"
+		mkdir -p "$state"
+		args+=(-state-dir "$state")
+	fi
+	local extra
+	mapfile -t extra < <(rawlb_extra_args "$c")
+	args+=("${extra[@]}" "$LB_IP")
 	local ip
 	for ip in "${SVC_IPS[@]}"; do
 		args+=("$ip:$SVC_PORT")
 	done
-	RAWLB_LOG=$WORK/rawlb-$SVC.log
-	log "rawlb ${args[*]}"
-	start "$LB_NS" "$RAWLB_LOG" "$RAWLB" "${args[@]}"
-	LB_PID=$STARTED_PID RAWLB_MAIN_PID=$STARTED_PID
+	RAWLB_CMD=("$(rawlb_bin "$c")" "${args[@]}")
+	RAWLB_LOG=$WORK/$c-$SVC.log RAWLB_LOGS=("$WORK/$c-$SVC.log")
+	log "$c: ${RAWLB_CMD[*]}"
+	start "$LB_NS" "$RAWLB_LOG" "${RAWLB_CMD[@]}"
+	LB_PID=$STARTED_PID
+	[ "$c" != rawlb ] || RAWLB_MAIN_PID=$STARTED_PID
 	wait_until 20 "rawlb started" rawlb_started
 	wait_until 20 "rawlb: all ${#SVC_IPS[@]} backend(s) up" rawlb_backends_up
 	wait_until 10 "rawlb balancing" lb_balancing "$RAWLB_LOG"
@@ -536,14 +689,18 @@ rawlb_backends_up() {
 	[ "$(scrape | awk '/^rawlb_backend_up[{ ]/ { s += $NF } END { print s + 0 }')" = "${#SVC_IPS[@]}" ]
 }
 
-# stop_service C: keeps rawlb's start line and warnings, then removes the
-# balancer's namespace (and whatever runs in it) so that the next service
-# starts on a fresh one; the lab's other hosts stay.
+# stop_service C: keeps a rawlb contender's start line and warnings (from
+# every process of it, after a restart), then removes the balancer's
+# namespace (and whatever runs in it) so that the next service starts on a
+# fresh one; the lab's other hosts stay.
 stop_service() {
-	if [ "$1" = rawlb ]; then
-		alive "$LB_PID" || log "rawlb is not running at the end of $SVC: $(tail -n 20 "$RAWLB_LOG")"
-		grep -m 1 'rawlb started' "$RAWLB_LOG" | sed "s/^/$SVC: /" >>"$WORK/rawlb-started.txt" || true
-		grep -Ei 'level=(warn|error)|panic' "$RAWLB_LOG" | head -n 20 | sed "s/^/$SVC: /" >>"$WORK/rawlb-warnings.txt" || true
+	if is_rawlb "$1"; then
+		alive "$LB_PID" || log "$1 is not running at the end of $SVC: $(tail -n 20 "$RAWLB_LOG")"
+		local f
+		for f in "${RAWLB_LOGS[@]}"; do
+			grep -m 1 'rawlb started' "$f" | sed "s/^/$SVC: /" >>"$WORK/$1-started.txt" || true
+			grep -Ei 'level=(warn|error)|panic' "$f" | head -n 20 | sed "s/^/$SVC: /" >>"$WORK/$1-warnings.txt" || true
+		done
 	fi
 	[ -z "$LB_NS" ] || delete_ns "$LB_NS"
 	LB_NS="" LB_PID=""
@@ -632,7 +789,7 @@ declare -A RPS P99 MBS SOCKERR NON2XX LBCPU HOSTCPU RETRANS OTHERCPU GBPS RINGDR
 # NAME: rawlb's metrics, the client's TCP counters, the CPU time of the
 # balancer, of the whole machine and of processes outside the benchmark.
 meter_start() {
-	[ "$1" != rawlb ] || scrape >"$WORK/metrics-$2-before.txt" || true
+	! is_rawlb "$1" || scrape >"$WORK/metrics-$1-$2-before.txt" || true
 	ns_tcp_counters "$CLIENT" >"$WORK/client-$1-$2-before.txt"
 	other_ticks >"$WORK/other-before.txt"
 	METER_P0=0
@@ -641,7 +798,8 @@ meter_start() {
 }
 
 # meter_stop C NAME KEY: the same counters after load NAME, into
-# LBCPU, HOSTCPU, OTHERCPU, RETRANS and, for rawlb, RINGDROPS of KEY.
+# LBCPU, HOSTCPU, OTHERCPU, RETRANS and, for a rawlb contender, RINGDROPS
+# of KEY.
 meter_stop() {
 	local c=$1 name=$2 k=$3 h1 p1=0
 	h1=$(host_ticks)
@@ -650,9 +808,9 @@ meter_stop() {
 	other_ticks >"$WORK/other-after.txt"
 	OTHERCPU[$k]=$(awk -v hz="$HZ" 'FNR == NR { b[$1] = $2; next } { s += $2 - b[$1] } END { printf "%.1f", s / hz }' \
 		"$WORK/other-before.txt" "$WORK/other-after.txt")
-	if [ "$c" = rawlb ]; then
-		scrape >"$WORK/metrics-$name-after.txt" || true
-		RINGDROPS[$k]=$(ring_drops "$name")
+	if is_rawlb "$c"; then
+		scrape >"$WORK/metrics-$c-$name-after.txt" || true
+		RINGDROPS[$k]=$(ring_drops "$c" "$name")
 	fi
 	if [ -n "$LB_PID" ]; then
 		alive "$LB_PID" || log "$c exited during $name"
@@ -665,10 +823,11 @@ meter_stop() {
 		printf "%.1f (%.1f)", (y[1] - x[1]) / hz, (y[2] - x[2]) / hz }')
 }
 
-# ring_drops NAME: how much rawlb_ring_drops_total (every series of it)
-# grew during load NAME, or empty if the metrics were not scraped.
+# ring_drops C NAME: how much rawlb_ring_drops_total (every series of it)
+# grew in contender C during load NAME, or empty if the metrics were not
+# scraped.
 ring_drops() {
-	local b=$WORK/metrics-$1-before.txt a=$WORK/metrics-$1-after.txt
+	local b=$WORK/metrics-$1-$2-before.txt a=$WORK/metrics-$1-$2-after.txt
 	[ -s "$b" ] && [ -s "$a" ] || return 0
 	awk 'FNR == NR { if ($1 ~ /^rawlb_ring_drops_total([{]|$)/) s -= $2; next }
 		$1 ~ /^rawlb_ring_drops_total([{]|$)/ { s += $2 } END { printf "%.0f\n", s }' "$b" "$a"
@@ -795,9 +954,147 @@ run_load() {
 	NON2XX[$k]=${t[8]}
 }
 
-# counter_deltas LOAD: rawlb's counters that moved during LOAD.
+# --- the restart load ---
+
+now_ms() {
+	date +%s%3N
+}
+
+# sleep_until MS: until the wall clock reads MS (unix milliseconds).
+sleep_until() {
+	local now
+	now=$(now_ms)
+	[ "$1" -le "$now" ] || sleep "$(awk -v d=$(($1 - now)) 'BEGIN { printf "%.3f", d / 1000 }')"
+}
+
+# reap PID SECONDS: wait for our child PID to exit, SIGKILL after SECONDS;
+# its exit status goes to REAP_RC (not printed: wait only works on the
+# shell's own children, not from a $(...) subshell). A watchdog rather
+# than polling: polling every few ms would take CPU from the load being
+# measured.
+reap() {
+	local pid=$1 secs=$2 wd
+	(
+		sleep "$secs"
+		kill -KILL "$pid" 2>/dev/null
+	) &
+	wd=$!
+	REAP_RC=0
+	wait "$pid" || REAP_RC=$?
+	kill "$wd" 2>/dev/null || true
+	wait "$wd" 2>/dev/null || true
+}
+
+# log_ms LOGFILE PATTERN: the time= of the first line of LOGFILE matching
+# PATTERN, as unix milliseconds (slog's text handler writes RFC 3339 with
+# milliseconds), or nothing.
+log_ms() {
+	local ts
+	ts=$(grep -m 1 -- "$2" "$1" | sed -n 's/^time=\([^ ]*\).*/\1/p')
+	[ -z "$ts" ] || date -d "$ts" +%s%3N 2>/dev/null || true
+}
+
+declare -A DOWNMS=() UPGAP=() TAKEN=() RNOTE=()
+
+# restart_rawlb C K MARKS: SIGTERM (a restart's stop: flows to the state
+# file), then the same command line again; into DOWNMS[K] how long no
+# rawlb ran (from the old one's exit to the new one's "rawlb started"),
+# into TAKEN[K] what the new one took over.
+restart_rawlb() {
+	local c=$1 k=$2 marks=$3 old=$LB_PID t_term t_exit t_up
+	t_term=$(now_ms)
+	echo "mark restart $t_term" >>"$marks"
+	kill -TERM "$old" 2>/dev/null || true
+	reap "$old" 20
+	t_exit=$(now_ms)
+	[ "$REAP_RC" -eq 0 ] || RNOTE[$k]+="old process exited $REAP_RC after SIGTERM; "
+	RAWLB_LOG=$WORK/$c-$SVC-restarted.log
+	RAWLB_LOGS+=("$RAWLB_LOG")
+	start "$LB_NS" "$RAWLB_LOG" "${RAWLB_CMD[@]}"
+	LB_PID=$STARTED_PID
+	wait_until 20 "the restarted $c started" rawlb_started
+	t_up=$(log_ms "$RAWLB_LOG" 'msg="rawlb started"')
+	[ -n "$t_up" ] || t_up=$(now_ms)
+	DOWNMS[$k]=$((t_up - t_exit))
+	TAKEN[$k]=$(sed -n 's/.*msg="restart state taken over" flows=\([0-9]*\).*/\1 flows/p' "$RAWLB_LOG" | head -n 1)
+	[ -n "${TAKEN[$k]}" ] || TAKEN[$k]=none
+	log "$c: SIGTERM at +0 ms, exit at +$((t_exit - t_term)) ms, new process started at +$((t_up - t_term)) ms (${DOWNMS[$k]} ms without rawlb); took over: ${TAKEN[$k]}"
+}
+
+# upgrade_rawlb C K MARKS: SIGUSR2 (the running process starts the binary
+# at its path, hands its rings and flows over and exits); into UPGAP[K]
+# the gap the new process reports, and LB_PID becomes the new process.
+upgrade_rawlb() {
+	local c=$1 k=$2 marks=$3 old=$LB_PID bin p
+	if ! ${HAS_UPGRADE[$c]}; then
+		UPGAP[$k]="not supported"
+		return 0
+	fi
+	echo "mark upgrade $(now_ms)" >>"$marks"
+	kill -USR2 "$old" 2>/dev/null || true
+	reap "$old" 60
+	[ "$REAP_RC" -eq 0 ] || RNOTE[$k]+="old process exited $REAP_RC after SIGUSR2; "
+	UPGAP[$k]=$(sed -n 's/.*msg="upgrade: forwarding" gap=\([^ ]*\).*/\1/p' "$RAWLB_LOG" | tail -n 1)
+	[ -n "${UPGAP[$k]}" ] || UPGAP[$k]="no report"
+	# The successor runs in the namespace, no child of this script.
+	bin=$(readlink -f "${RAWLB_CMD[0]}")
+	LB_PID=""
+	for p in $(ip netns pids "$LB_NS" 2>/dev/null); do
+		[ "$p" != "$old" ] && [ "$(readlink -f "/proc/$p/exe" 2>/dev/null)" = "$bin" ] && LB_PID=$p && break
+	done
+	[ -n "$LB_PID" ] || RNOTE[$k]+="no rawlb running after SIGUSR2; "
+	log "$c: upgrade gap ${UPGAP[$k]}, new process ${LB_PID:-none}"
+}
+
+# run_restart C ROUND: connrate's close load across a restart at a third
+# of RESTART_S and an upgrade at two thirds, with the client's TCP
+# counters and the machine's CPU around it (not the balancer's: it is
+# three processes one after the other). The rate over the run goes to
+# RPS, the summary to restart-C-ROUND.sum.
+run_restart() {
+	local c=$1 round=$2 k=$1/restart/$2
+	local raw=$WORK/restart-$c-$round.txt marks=$WORK/restart-$c-$round.marks
+	: >"$marks"
+	ns_tcp_counters "$CLIENT" >"$WORK/client-$c-restart-before.txt"
+	other_ticks >"$WORK/other-before.txt"
+	local h0 h1 t0 load_pid rc=0
+	h0=$(host_ticks)
+	log "$c/restart: connrate run -c 32 -d ${RESTART_S}s -addr $TARGET_IP:$TARGET_PORT; SIGTERM and a new start at $((RESTART_S / 3)) s, SIGUSR2 at $((2 * RESTART_S / 3)) s"
+	t0=$(now_ms)
+	ip netns exec "$CLIENT" "$WORK/connrate" run -q -c 32 -d "${RESTART_S}s" -addr "$TARGET_IP:$TARGET_PORT" -o "$raw" \
+		>"$WORK/connrate-$c-$round.log" 2>&1 &
+	load_pid=$!
+	sleep_until $((t0 + RESTART_S * 1000 / 3))
+	restart_rawlb "$c" "$k" "$marks"
+	sleep_until $((t0 + RESTART_S * 2000 / 3))
+	upgrade_rawlb "$c" "$k" "$marks"
+	wait "$load_pid" || rc=$?
+	h1=$(host_ticks)
+	ns_tcp_counters "$CLIENT" >"$WORK/client-$c-restart-after.txt"
+	other_ticks >"$WORK/other-after.txt"
+	OTHERCPU[$k]=$(awk -v hz="$HZ" 'FNR == NR { b[$1] = $2; next } { s += $2 - b[$1] } END { printf "%.1f", s / hz }' \
+		"$WORK/other-before.txt" "$WORK/other-after.txt")
+	HOSTCPU[$k]=$(awk -v a="$h0" -v b="$h1" -v hz="$HZ" 'BEGIN {
+		split(a, x, " "); split(b, y, " ")
+		printf "%.1f (%.1f)", (y[1] - x[1]) / hz, (y[2] - x[2]) / hz }')
+	RETRANS[$k]=$(counter_delta "$WORK/client-$c-restart-before.txt" "$WORK/client-$c-restart-after.txt" TcpExt.TCPSynRetrans)/$(
+		counter_delta "$WORK/client-$c-restart-before.txt" "$WORK/client-$c-restart-after.txt" Tcp.RetransSegs)
+	cat "$WORK/connrate-$c-$round.log" >&2
+	# connrate writes its record when the load is over; the marks go after.
+	if [ "$rc" -ne 0 ] || [ ! -s "$raw" ]; then
+		RPS[$k]="failed (connrate exit $rc)"
+		return 0
+	fi
+	cat "$marks" >>"$raw"
+	"$WORK/connrate" summary "$raw" >"$WORK/restart-$c-$round.sum"
+	RPS[$k]=$(awk '$1 == "rate" { printf "%.0f", $2 }' "$WORK/restart-$c-$round.sum")
+	SOCKERR[$k]=$(awk '$1 == "errors" { print $2 }' "$WORK/restart-$c-$round.sum")
+}
+
+# counter_deltas C LOAD: rawlb contender C's counters that moved during
+# LOAD.
 counter_deltas() {
-	local b=$WORK/metrics-$1-before.txt a=$WORK/metrics-$1-after.txt
+	local b=$WORK/metrics-$1-$2-before.txt a=$WORK/metrics-$1-$2-after.txt
 	if [ ! -s "$b" ] || [ ! -s "$a" ]; then
 		echo "(metrics not scraped)"
 		return 0
@@ -849,16 +1146,28 @@ sum_rounds() {
 		}'
 }
 
-# summarize: for each contender and load (each row of redis and iperf),
-# the median round's figures under C/LOAD, and over all rounds the sums of
-# socket errors, non-2xx answers, retransmissions and ring drops (a target
-# of zero holds only if it held in every round) and the list of req/s by
-# round.
-declare -A BYROUND RATIOS
+# summarize: for each contender and load (each row of redis and iperf,
+# and restart for the rawlb contenders), the median round's figures under
+# C/LOAD, and over all rounds the sums of socket errors, non-2xx answers,
+# retransmissions and ring drops (a target of zero holds only if it held
+# in every round) and the list of req/s by round. RATIOS are rawlb's to
+# the kernel NAT and HAProxy; VRATIOS[V/D/LOAD] variant V's to D (rawlb
+# or knat), both as the list of each round's ratio.
+declare -A BYROUND=() RATIOS=() VRATIOS=() RESTART_ROUND=()
 summarize() {
-	local c load r k m v
+	local c load r k m v d
+	local rows=("${ROWS[@]}")
+	! $RESTART || rows+=(restart)
 	for c in "${CONTENDERS[@]}"; do
-		for load in "${ROWS[@]}"; do
+		if $RESTART && is_rawlb "$c"; then
+			RESTART_ROUND[$c]=$(median_round "$c" restart)
+			k=$c/restart m=${RESTART_ROUND[$c]}
+			DOWNMS[$k]=${DOWNMS[$k/$m]:-} UPGAP[$k]=${UPGAP[$k/$m]:-} TAKEN[$k]=${TAKEN[$k/$m]:-}
+			RNOTE[$k]=$(for r in $(seq 1 "$ROUNDS"); do
+				[ -z "${RNOTE[$k/$r]:-}" ] || echo "round $r: ${RNOTE[$k/$r]}"
+			done | paste -sd' ' -)
+		fi
+		for load in "${rows[@]}"; do
 			k=$c/$load m=$(median_round "$c" "$load")
 			RPS[$k]=${RPS[$k/$m]:-} MBS[$k]=${MBS[$k/$m]:-} P99[$k]=${P99[$k/$m]:-} GBPS[$k]=${GBPS[$k/$m]:-}
 			LBCPU[$k]=${LBCPU[$k/$m]:-} HOSTCPU[$k]=${HOSTCPU[$k/$m]:-} OTHERCPU[$k]=${OTHERCPU[$k/$m]:-}
@@ -877,6 +1186,16 @@ summarize() {
 			done | paste -sd' ' -)
 		done
 	done
+	for v in "${CONTENDERS[@]}"; do
+		[[ $v == rawlb-* ]] || continue
+		for load in "${rows[@]}"; do
+			for d in rawlb knat; do
+				VRATIOS[$v/$d/$load]=$(for r in $(seq 1 "$ROUNDS"); do
+					echo "$(ratio "$(primary "$load" "$v/$load/$r")" "$(primary "$load" "$d/$load/$r")")"
+				done | paste -sd' ' -)
+			done
+		done
+	done
 }
 
 # --- the report ---
@@ -887,6 +1206,7 @@ label() {
 	knat) echo "(b) kernel NAT (nftables)" ;;
 	haproxy) echo "(c) HAProxy mode tcp, 1 thread" ;;
 	rawlb) echo "(d) rawlb" ;;
+	rawlb-*) echo "(${VLETTER[${1#rawlb-}]}) rawlb variant ${1#rawlb-}" ;;
 	esac
 }
 
@@ -901,6 +1221,7 @@ load_label() {
 	iperf-p4r) echo "iperf3, 4 streams, server to client (-R)" ;;
 	iperf-p1) echo "iperf3, 1 stream, client to server" ;;
 	iperf-p1r) echo "iperf3, 1 stream, server to client (-R)" ;;
+	restart) echo "close load across a restart and an upgrade" ;;
 	esac
 }
 
@@ -973,6 +1294,33 @@ report_wrk() {
 			"${RATIOS[knat/$load]:-n/a}" "${RATIOS[haproxy/$load]:-n/a}"
 	done
 	echo
+	report_variants "${LOADS[@]}"
+}
+
+# report_variants ROW...: each variant's ratios to plain rawlb and to the
+# kernel NAT for these rows.
+report_variants() {
+	local load v c
+	[ ${#VARIANTS[@]} -gt 0 ] || return 0
+	echo "Each rawlb variant's ratio to plain rawlb (d) and to the kernel NAT (b), median round"
+	echo "to median round, of req/s (MB/s for bulk, Gbit/s for iperf3, connections/s for restart);"
+	echo "above 1 is better. p99 and LB CPU s are to rawlb's: below 1 is better. The last two"
+	echo "columns give the ratio within each round."
+	echo
+	echo "| load | variant | vs (d) | vs (b) | p99 vs (d) | LB CPU s vs (d) | vs (d) by round | vs (b) by round |"
+	echo "|---|---|--:|--:|--:|--:|--:|--:|"
+	for load in "$@"; do
+		for v in "${VARIANTS[@]}"; do
+			c=rawlb-$v
+			printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$load" "$(label "$c")" \
+				"$(ratio "$(primary "$load" "$c/$load")" "$(primary "$load" "rawlb/$load")")" \
+				"$(ratio "$(primary "$load" "$c/$load")" "$(primary "$load" "knat/$load")")" \
+				"$(ratio "${P99[$c/$load]:-}" "${P99[rawlb/$load]:-}")" \
+				"$(ratio "${LBCPU[$c/$load]:-}" "${LBCPU[rawlb/$load]:-}")" \
+				"${VRATIOS[$c/rawlb/$load]:-n/a}" "${VRATIOS[$c/knat/$load]:-n/a}"
+		done
+	done
+	echo
 }
 
 # report_new: the tables of the redis and iperf3 rows.
@@ -999,7 +1347,7 @@ report_new() {
 			local v=${RPS[$k]:-n/a} p99=${P99[$k]:-n/a} retr=-
 			case $load in iperf-*) v=${GBPS[$k]:-n/a} p99=- retr=${IPERFRETR[$k]:-n/a} ;; esac
 			printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$load" "$(label "$c")" \
-				"$v" "$p99" "$retr" "$([ "$c" = rawlb ] && echo "${RINGDROPS[$k]:-n/a}" || echo -)" \
+				"$v" "$p99" "$retr" "$(is_rawlb "$c" && echo "${RINGDROPS[$k]:-n/a}" || echo -)" \
 				"${RETRANS[$k]:-n/a}" "${LBCPU[$k]:--}" "${HOSTCPU[$k]:-n/a}" "${OTHERCPU[$k]:-n/a}" "${BYROUND[$k]:-n/a}"
 		done
 	done
@@ -1019,6 +1367,129 @@ report_new() {
 			"${RATIOS[knat/$load]:-n/a}" "${RATIOS[haproxy/$load]:-n/a}"
 	done
 	echo
+	report_variants "${NEW_ROWS[@]}"
+}
+
+# restart_sum C KEY [NAME]: a figure of the summary of rawlb contender C's
+# median restart round: KEY's value, or for segment and stall that of
+# NAME (empty if that round has none, e.g. no upgrade).
+restart_sum() {
+	local f=$WORK/restart-$1-${RESTART_ROUND[$1]:-1}.sum
+	[ -s "$f" ] || return 0
+	case $2 in
+	segment) awk -v n="$3" '$1 == "segment" && $2 == n { printf "%.0f", $5 }' "$f" ;;
+	stall) awk -v n="$3" '$1 == "stall" && $2 == n { print $3 }' "$f" ;;
+	lowest) awk '$1 == "lowest" { print $2 " (" $3 " s)" }' "$f" ;;
+	*) awk -v k="$2" '$1 == k { print $2 }' "$f" ;;
+	esac
+}
+
+# restart_chart: the SVG of each rawlb contender's median restart round.
+CHARTED=false
+restart_chart() {
+	local c f args=()
+	for c in "${CONTENDERS[@]}"; do
+		is_rawlb "$c" || continue
+		f=$WORK/restart-$c-${RESTART_ROUND[$c]:-1}.txt
+		[ ! -s "$WORK/restart-$c-${RESTART_ROUND[$c]:-1}.sum" ] || args+=("$c=$f")
+	done
+	if [ ${#args[@]} -eq 0 ]; then
+		log "no restart run to chart"
+		return 0
+	fi
+	mkdir -p "$(dirname "$RESTART_SVG")"
+	if "$WORK/connrate" chart -o "$RESTART_SVG" -title "connrate, 32 clients: a restart (SIGTERM, new start) and an upgrade (SIGUSR2)" "${args[@]}"; then
+		CHARTED=true
+		log "restart chart written to $RESTART_SVG"
+	else
+		log "the restart chart failed"
+	fi
+}
+
+# report_restart: the restart load's tables and chart.
+report_restart() {
+	local c k files=() f
+	echo "Restart load, rawlb contenders only (direct, the kernel NAT and HAProxy have nothing"
+	echo "to restart): \`connrate run -c 32 -d ${RESTART_S}s -addr HOST:PORT\` (internal/tools/connrate),"
+	echo "32 clients that each connect, send GET / with Connection: close, read the answer to its"
+	echo "end and close, over and over; connections and errors are counted in 10 ms buckets."
+	echo "At $((RESTART_S / 3)) s rawlb gets SIGTERM (a restart's stop: its flows go to the state file in"
+	echo "-state-dir) and the same command line starts again; at $((2 * RESTART_S / 3)) s the running process"
+	echo "gets SIGUSR2 (an in-place upgrade to the same binary), unless the binary's -h does not"
+	echo "mention USR2 (it would die of it)."
+	echo
+	echo "conns/s is over the whole run, then over whole seconds from 1 s to the restart's second,"
+	echo "from it to the upgrade's, and from that to the end. The lowest second leaves out the"
+	echo "first (the clients are starting). A stall is the longest time without a completed"
+	echo "connection, in 10 ms steps: before the restart (the normal noise), and for each signal"
+	echo "the longest gap that overlaps the 5 s after it, counted whole (it may last longer)."
+	echo "connrate gives up a connect after 5 s and an answer after 10 s. No rawlb ran is from"
+	echo "the old process's exit to the new one's \"rawlb started\" log line; the upgrade gap is"
+	echo "what the new process logs (\"upgrade: forwarding\")."
+	echo "Each row is the median round by conns/s; errors and retransmissions are summed over"
+	echo "all rounds."
+	echo
+	echo "| contender | conns/s | before restart | restart to upgrade | after upgrade | lowest second (at) | errors | stall ms before / restart / upgrade | no rawlb ran ms | upgrade gap | state taken over | client retrans SYN/all | host CPU s (softirq) | other CPU s | conns/s by round |"
+	echo "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+	for c in "${CONTENDERS[@]}"; do
+		is_rawlb "$c" || continue
+		k=$c/restart
+		local seg=() st=() n v
+		for n in start restart upgrade; do
+			v=$(restart_sum "$c" segment "$n") && seg+=("${v:--}")
+		done
+		for n in before restart upgrade; do
+			v=$(restart_sum "$c" stall "$n") && st+=("${v:--}")
+		done
+		v=$(restart_sum "$c" lowest)
+		printf '| %s | %s | %s | %s | %s | %s | %s | %s / %s / %s | %s | %s | %s | %s | %s | %s | %s |\n' "$(label "$c")" \
+			"${RPS[$k]:-n/a}" "${seg[@]}" "${v:--}" "${SOCKERR[$k]:-n/a}" "${st[@]}" \
+			"${DOWNMS[$k]:-n/a}" "${UPGAP[$k]:-n/a}" "${TAKEN[$k]:-n/a}" \
+			"${RETRANS[$k]:-n/a}" "${HOSTCPU[$k]:-n/a}" "${OTHERCPU[$k]:-n/a}" "${BYROUND[$k]:-n/a}"
+		[ -z "${RNOTE[$k]:-}" ] || echo "$c: ${RNOTE[$k]}" >>"$WORK/restart-notes.txt"
+		f=$WORK/restart-$c-${RESTART_ROUND[$c]:-1}.txt
+		[ ! -s "$WORK/restart-$c-${RESTART_ROUND[$c]:-1}.sum" ] || files+=("$c=$f")
+	done
+	echo
+	if [ -s "$WORK/restart-notes.txt" ]; then
+		echo "Notes:"
+		echo
+		sed 's/^/- /' "$WORK/restart-notes.txt"
+		echo
+	fi
+	report_variants restart
+	[ ${#files[@]} -gt 0 ] || return 0
+	echo "Second by second, the median round of each (slowest: the longest connection that"
+	echo "completed in that second, connect to close):"
+	echo
+	"$WORK/connrate" table "${files[@]}" || echo "(connrate table failed)"
+	echo
+	if $CHARTED; then
+		local link=$RESTART_SVG
+		[ "$(dirname "$RESTART_SVG")" != "$(dirname "$OUT")" ] || link=$(basename "$RESTART_SVG")
+		echo "![connections per second across a restart and an upgrade]($link)"
+		echo
+	fi
+}
+
+# report_contenders: what each rawlb contender ran, when there are
+# variants (plain rawlb alone is described in the paragraph above).
+report_contenders() {
+	local c extra from v
+	[ ${#VARIANTS[@]} -gt 0 ] || return 0
+	echo "rawlb contenders (each also gets -port, -metrics, the address and the backends):"
+	echo
+	for c in "${CONTENDERS[@]}"; do
+		is_rawlb "$c" || continue
+		extra=$(rawlb_extra_args "$c" | paste -sd' ' -)
+		v=${c#rawlb-} from="\`$(rawlb_bin "$c")\`"
+		[ "$c" = rawlb ] || [ -z "${VREV[$v]}" ] || from="built from ${VREV[$v]} (git archive, go build)"
+		printf -- '- %s: %s (%s), extra flags: %s; -state-dir: %s; SIGUSR2 upgrade: %s\n' "$(label "$c")" \
+			"$from" "$("$(rawlb_bin "$c")" -version 2>&1 | head -n 1 || true)" "${extra:-none}" \
+			"$(${HAS_STATE_DIR[$c]} && echo yes || echo "no (the binary has no such flag)")" \
+			"$(${HAS_UPGRADE[$c]} && echo yes || echo "no (its -h does not mention USR2)")"
+	done
+	echo
 }
 
 report() {
@@ -1034,10 +1505,12 @@ report() {
 	echo "The client namespace has net.ipv4.tcp_tw_reuse=1 (wrk's own TIME_WAITs would"
 	echo "otherwise make connect() the bottleneck); nginx has keepalive_requests 1000000,"
 	echo "HAProxy nbthread 1, maxconn 4096; rawlb runs with its defaults (-workers 0), but"
-	echo "for iperf3 with -hc-interval 1h (see scripts/bench.sh)."
+	echo "for iperf3 with -hc-interval 1h, and with a -state-dir of its own for each start"
+	echo "(see scripts/bench.sh)."
 	# wrk -v exits 1, and pipefail is on: hence the || true.
 	local versions=("$("$RAWLB" -version 2>&1 | head -n 1 || true)" "$(haproxy -v | awk 'NR == 1 { print $1, $3 }' || true)")
-	! wants http || versions+=("$(nginx -v 2>&1 | sed 's/.*: //' || true)" "$(wrk -v 2>&1 | awk 'NR == 1 { print $1, $2 }' || true)")
+	! wants http || versions+=("$(nginx -v 2>&1 | sed 's/.*: //' || true)")
+	[ ${#LOADS[@]} -eq 0 ] || versions+=("$(wrk -v 2>&1 | awk 'NR == 1 { print $1, $2 }' || true)")
 	! wants redis || versions+=("$(redis-server --version | awk '{ print $1, $2, $3 }' || true)")
 	! wants iperf || versions+=("$(iperf3 --version | awk 'NR == 1 { print $1, $2 }' || true)")
 	local line="" v
@@ -1046,30 +1519,37 @@ report() {
 	done
 	echo "$line."
 	echo
+	report_contenders
 	[ ${#LOADS[@]} -eq 0 ] || report_wrk
 	[ ${#NEW_ROWS[@]} -eq 0 ] || report_new
-	echo "### rawlb"
-	echo
-	echo "Its start line, and its warnings and errors over the whole run:"
-	echo
-	echo '```'
-	cat "$WORK/rawlb-started.txt" 2>/dev/null || echo "(rawlb did not run)"
-	if [ -s "$WORK/rawlb-warnings.txt" ]; then
-		cat "$WORK/rawlb-warnings.txt"
-	else
-		echo "(no warnings or errors)"
-	fi
-	echo '```'
-	echo
-	echo "### rawlb counters that moved during each load (last round)"
-	echo
-	for load in "${ROWS[@]}"; do
-		echo "$load:"
+	! $RESTART || report_restart
+	for c in "${CONTENDERS[@]}"; do
+		is_rawlb "$c" || continue
+		echo "### $c"
+		echo
+		echo "Its start lines (last round; after a restart, every process's), and its warnings"
+		echo "and errors over the whole run:"
 		echo
 		echo '```'
-		counter_deltas "$load"
+		cat "$WORK/$c-started.txt" 2>/dev/null || echo "($c did not run)"
+		if [ -s "$WORK/$c-warnings.txt" ]; then
+			cat "$WORK/$c-warnings.txt"
+		else
+			echo "(no warnings or errors)"
+		fi
 		echo '```'
 		echo
+		[ ${#ROWS[@]} -gt 0 ] || continue
+		echo "### $c counters that moved during each load (last round)"
+		echo
+		for load in "${ROWS[@]}"; do
+			echo "$load:"
+			echo
+			echo '```'
+			counter_deltas "$c" "$load"
+			echo '```'
+			echo
+		done
 	done
 	echo "### rawlb per-thread CPU during the keep-alive load (last round)"
 	echo
@@ -1101,7 +1581,30 @@ report() {
 
 # --- main ---
 
+# serves C SVC: contender C has a load to run on service SVC (direct,
+# the kernel NAT and HAProxy have nothing to restart).
+serves() {
+	case $2 in
+	http) [ ${#LOADS[@]} -gt 0 ] || { $RESTART && is_rawlb "$1"; } ;;
+	*) return 0 ;;
+	esac
+}
+
+# start_contender C: C balances the current service.
+start_contender() {
+	if is_rawlb "$1"; then
+		start_rawlb "$1"
+	else
+		"start_$1"
+	fi
+}
+
 log "labs $P*, work dir $WORK, loads ${picked[*]}, $DURATION per load, $ROUNDS round(s)"
+for v in "${VARIANTS[@]}"; do
+	[ -z "${VREV[$v]}" ] || build_rev "$v" "${VREV[$v]}"
+done
+probe_rawlb
+! $RESTART || build_tools
 write_wrk_script
 for round in $(seq 1 "$ROUNDS"); do
 	# Round r starts with contender r-1 (mod their number), so that no
@@ -1109,14 +1612,22 @@ for round in $(seq 1 "$ROUNDS"); do
 	n=${#CONTENDERS[@]}
 	for i in $(seq 0 $((n - 1))); do
 		c=${CONTENDERS[(i + round - 1) % n]}
+		todo=()
+		for svc in "${SERVICES[@]}"; do
+			! serves "$c" "$svc" || todo+=("$svc")
+		done
+		if [ ${#todo[@]} -eq 0 ]; then
+			log "=== round $round/$ROUNDS: $(label "$c"): no load for it"
+			continue
+		fi
 		log "=== round $round/$ROUNDS: $(label "$c")"
 		build_lab "$c"
 		start_backends
 		# The report shows the last round's start lines.
-		[ "$c" != rawlb ] || : >"$WORK/rawlb-started.txt"
-		for svc in "${SERVICES[@]}"; do
+		! is_rawlb "$c" || : >"$WORK/$c-started.txt"
+		for svc in "${todo[@]}"; do
 			use_service "$svc"
-			"start_$c"
+			start_contender "$c"
 			case $svc in
 			http)
 				for load in "${LOADS[@]}"; do
@@ -1124,6 +1635,11 @@ for round in $(seq 1 "$ROUNDS"); do
 					# Let FINs, TIME_WAITs and the backends settle between loads.
 					sleep 2
 				done
+				# Last: it replaces the balancer's process twice.
+				if $RESTART && is_rawlb "$c"; then
+					run_restart "$c" "$round"
+					sleep 2
+				fi
 				;;
 			redis) run_redis "$c" "$round" ;;
 			iperf) run_iperf "$c" "$round" ;;
@@ -1135,6 +1651,7 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 summarize
+! $RESTART || restart_chart
 report >"$WORK/report.md"
 mkdir -p "$(dirname "$OUT")"
 cp "$WORK/report.md" "$OUT"
