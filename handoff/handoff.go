@@ -24,10 +24,8 @@ package handoff
 
 import (
 	"bufio"
-	"encoding/gob"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -38,7 +36,7 @@ import (
 
 // Version is the state format's version. A state of another version is
 // refused, not guessed at.
-const Version = 1
+const Version = 2
 
 // magic starts every state file, so that a stray file is not decoded.
 const magic = "rawlb-state\n"
@@ -98,28 +96,6 @@ func Write(path string, s *State) error {
 		return err
 	}
 	return os.Rename(tmp.Name(), path)
-}
-
-func encode(w io.Writer, s *State) error {
-	if _, err := io.WriteString(w, magic); err != nil {
-		return err
-	}
-	return gob.NewEncoder(w).Encode(s)
-}
-
-func decode(r io.Reader) (*State, error) {
-	head := make([]byte, len(magic))
-	if _, err := io.ReadFull(r, head); err != nil || string(head) != magic {
-		return nil, errors.New("not a rawlb state file")
-	}
-	var s State
-	if err := gob.NewDecoder(r).Decode(&s); err != nil {
-		return nil, fmt.Errorf("decoding the state: %w", err)
-	}
-	if s.Version != Version {
-		return nil, fmt.Errorf("state format version %d, this rawlb reads %d", s.Version, Version)
-	}
-	return &s, nil
 }
 
 // Read reads and removes the state file at path. It returns nil and no

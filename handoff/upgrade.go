@@ -2,7 +2,6 @@ package handoff
 
 import (
 	"bufio"
-	"encoding/gob"
 	"errors"
 	"fmt"
 	"os"
@@ -119,7 +118,7 @@ func (p *Parent) WaitReady(timeout time.Duration) error {
 // Send hands the child the state (the parent has stopped forwarding).
 func (p *Parent) Send(s *State) error {
 	s.Version = Version
-	err := gob.NewEncoder(p.state).Encode(s)
+	err := encode(p.state, s)
 	if cerr := p.state.Close(); err == nil {
 		err = cerr
 	}
@@ -186,15 +185,12 @@ func (c *Child) Ready() error {
 // Receive reads the parent's state.
 func (c *Child) Receive(timeout time.Duration) error {
 	_ = c.state.SetReadDeadline(time.Now().Add(timeout))
-	var s State
-	err := gob.NewDecoder(c.state).Decode(&s)
+	sp, err := decode(bufio.NewReaderSize(c.state, 1<<20))
 	c.state.Close()
 	if err != nil {
 		return fmt.Errorf("upgrade: receiving the state: %w", err)
 	}
-	if s.Version != Version {
-		return fmt.Errorf("upgrade: state format version %d, this rawlb reads %d", s.Version, Version)
-	}
+	s := *sp
 	if len(s.Rings) != len(c.RingFDs) {
 		return fmt.Errorf("upgrade: %d rings described, %d inherited", len(s.Rings), len(c.RingFDs))
 	}
