@@ -281,20 +281,7 @@ func TestBlindResets(t *testing.T) {
 	if _, err := io.WriteString(c, "ECHO\n"); err != nil {
 		t.Fatal(err)
 	}
-	roundTrip := func(b byte) error {
-		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-		if _, err := c.Write([]byte{b}); err != nil {
-			return err
-		}
-		got := make([]byte, 1)
-		if _, err := io.ReadFull(c, got); err != nil {
-			return err
-		}
-		if got[0] != b {
-			return fmt.Errorf("echo %d, want %d", got[0], b)
-		}
-		return nil
-	}
+	roundTrip := func(b byte) error { return echoByte(c, b, 5*time.Second) }
 	if err := roundTrip(1); err != nil {
 		t.Fatal(err)
 	}

@@ -145,20 +145,7 @@ func keepConnections(t *testing.T, s *setup, change func() string) {
 		}
 		idles = append(idles, c)
 	}
-	echo := func(c net.Conn, b byte) error {
-		_ = c.SetDeadline(time.Now().Add(20 * time.Second))
-		if _, err := c.Write([]byte{b}); err != nil {
-			return err
-		}
-		got := make([]byte, 1)
-		if _, err := io.ReadFull(c, got); err != nil {
-			return err
-		}
-		if got[0] != b {
-			return fmt.Errorf("echo %d, want %d", got[0], b)
-		}
-		return nil
-	}
+	echo := func(c net.Conn, b byte) error { return echoByte(c, b, 20*time.Second) }
 	for _, c := range idles {
 		if err := echo(c, 1); err != nil {
 			t.Fatal(err)
@@ -392,21 +379,26 @@ func connectionRateAcross(t *testing.T, s *setup, change func()) {
 	}
 }
 
+// backendVariants are the TIME_WAIT behaviours the connection-rate tests
+// run under: the backends' RFC 1337 setting, and whether the client and
+// balancer send TCP timestamps.
+var backendVariants = []struct {
+	name       string
+	rfc1337    bool
+	timestamps bool
+}{
+	{"timestamps", false, true},
+	{"rfc1337", true, true},
+	{"no-timestamps", false, false},
+}
+
 // TestSlowRestartConnectionRate: a Connection-close load across a restart
 // keeps its rate, although the backends hold about a minute's worth of
 // TIME_WAITs on the NAT ports the old process used, which the new one
 // reuses.
 func TestSlowRestartConnectionRate(t *testing.T) {
 	slowTest(t)
-	for _, v := range []struct {
-		name       string
-		rfc1337    bool
-		timestamps bool
-	}{
-		{"timestamps", false, true},
-		{"rfc1337", true, true},
-		{"no-timestamps", false, false},
-	} {
+	for _, v := range backendVariants {
 		// Serial: each variant compares its own rate in two windows, and a
 		// sibling running through one window and not the other skews it
 		// (seen: 0.86x when rfc1337's first window overlapped the others).
@@ -436,15 +428,7 @@ func TestSlowRestartConnectionRate(t *testing.T) {
 // first connections must not stall on them.
 func TestSlowForeignTimeWaits(t *testing.T) {
 	slowTest(t)
-	for _, v := range []struct {
-		name       string
-		rfc1337    bool
-		timestamps bool
-	}{
-		{"timestamps", false, true},
-		{"rfc1337", true, true},
-		{"no-timestamps", false, false},
-	} {
+	for _, v := range backendVariants {
 		// Serial: each variant compares its own rate in two windows, and a
 		// sibling running through one window and not the other skews it
 		// (seen: 0.86x when rfc1337's first window overlapped the others).

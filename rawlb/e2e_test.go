@@ -253,6 +253,23 @@ func (s *setup) dial(t *testing.T) (net.Conn, string) {
 	return c, name
 }
 
+// echoByte sends b on c, in the lab protocol's ECHO mode, and checks that
+// the same byte comes back within timeout.
+func echoByte(c net.Conn, b byte, timeout time.Duration) error {
+	_ = c.SetDeadline(time.Now().Add(timeout))
+	if _, err := c.Write([]byte{b}); err != nil {
+		return err
+	}
+	got := make([]byte, 1)
+	if _, err := io.ReadFull(c, got); err != nil {
+		return err
+	}
+	if got[0] != b {
+		return fmt.Errorf("echo %d, want %d", got[0], b)
+	}
+	return nil
+}
+
 // metric scrapes rawlb's /metrics and returns the sum of the samples of
 // the metric called name that carry every label=value pair of labels
 // (name, value, name, value, ...). Other labels a sample has do not

@@ -138,11 +138,7 @@ func (w *worker) acceptCookie(p *ring.Packet, f *packet.Frame, svc *Service, key
 // with the flow's offsets: for a SYN cookie flow, and again after a
 // TIME_WAIT refused it.
 func (w *worker) sendBackendSYN(fl *conntrack.Flow) {
-	be := w.reg.backends[fl.Backend]
-	var h *hop
-	if be != nil {
-		h = be.hop.Load()
-	}
+	be, h := w.hopOf(fl)
 	if h == nil {
 		w.drop(dropNoNeighbor)
 		return
@@ -241,11 +237,7 @@ func (w *worker) completeProxy(p *ring.Packet, f *packet.Frame, fl *conntrack.Fl
 	w.learnWScale(fl, f)
 	w.drop(dropHandshake)
 
-	be := w.reg.backends[fl.Backend]
-	var h *hop
-	if be != nil {
-		h = be.hop.Load()
-	}
+	_, h := w.hopOf(fl)
 	if h != nil {
 		ack := packet.Segment{
 			SrcMAC: h.src, DstMAC: h.dst, Src: w.dp.natSrc, Dst: fl.BackendAddr.IP, SrcPort: fl.NATPort, DstPort: fl.BackendAddr.Port,
@@ -325,11 +317,7 @@ func (w *worker) flowRST(fl *conntrack.Flow, d conntrack.Direction) (packet.Segm
 			SrcPort: fl.Key.VIP.Port, DstPort: fl.Key.Client.Port, Seq: fl.ResetSeq(conntrack.FromClient), Flags: packet.FlagRST,
 		}, fl.ClientIf, true
 	}
-	be := w.reg.backends[fl.Backend]
-	var h *hop
-	if be != nil {
-		h = be.hop.Load()
-	}
+	_, h := w.hopOf(fl)
 	if h == nil {
 		return packet.Segment{}, 0, false
 	}

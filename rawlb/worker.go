@@ -241,20 +241,34 @@ func (w *worker) fromClient(p *ring.Packet, f *packet.Frame, state packet.CsumSt
 		w.proxyFromClient(p, f, fl, &seg)
 		return
 	}
-	v := w.table.Track(fl, conntrack.FromClient, &seg, w.now)
-	switch v.Action {
-	case conntrack.Drop:
-		w.drop(ctBase + dropReason(v.Reason))
+	v, ok := w.track(p, f, fl, conntrack.FromClient, &seg)
+	if !ok {
 		return
-	case conntrack.Challenge:
-		w.drop(ctBase + dropReason(v.Reason))
-		w.challenge(p, f, fl, conntrack.FromClient)
-		return
-	case conntrack.Reopen:
+	}
+	if v.Action == conntrack.Reopen {
 		w.reopen(p, f, fl, key)
 		return
 	}
 	w.toBackend(p, f, fl, state)
+}
+
+// track runs fl's tracking on seg from direction d, and handles a segment
+// that does not go on: counted by reason, and answered with a challenge
+// ACK where RFC 5961 says so. It reports the verdict and whether the
+// caller goes on with it (Forward, or Reopen, which only the client side
+// acts on).
+func (w *worker) track(p *ring.Packet, f *packet.Frame, fl *conntrack.Flow, d conntrack.Direction, seg *conntrack.Segment) (conntrack.Verdict, bool) {
+	v := w.table.Track(fl, d, seg, w.now)
+	switch v.Action {
+	case conntrack.Drop:
+		w.drop(ctBase + dropReason(v.Reason))
+		return v, false
+	case conntrack.Challenge:
+		w.drop(ctBase + dropReason(v.Reason))
+		w.challenge(p, f, fl, d)
+		return v, false
+	}
+	return v, true
 }
 
 // noFlowFromClient handles a client segment without a flow.
@@ -430,13 +444,19 @@ func (w *worker) reopen(p *ring.Packet, f *packet.Frame, fl *conntrack.Flow, key
 	}
 }
 
+// hopOf returns fl's backend and how to reach it; the hop is nil while
+// the backend is gone or rawlb cannot send to it.
+func (w *worker) hopOf(fl *conntrack.Flow) (*Backend, *hop) {
+	be := w.reg.backends[fl.Backend]
+	if be == nil {
+		return nil, nil
+	}
+	return be, be.hop.Load()
+}
+
 // toBackend rewrites a client's segment for its flow's backend and queues it.
 func (w *worker) toBackend(p *ring.Packet, f *packet.Frame, fl *conntrack.Flow, state packet.CsumState) {
-	be := w.reg.backends[fl.Backend]
-	var h *hop
-	if be != nil {
-		h = be.hop.Load()
-	}
+	be, h := w.hopOf(fl)
 	if h == nil {
 		w.drop(dropNoNeighbor)
 		return
@@ -488,14 +508,8 @@ func (w *worker) fromBackend(p *ring.Packet, f *packet.Frame, state packet.CsumS
 			return
 		}
 	}
-	v := w.table.Track(fl, conntrack.FromBackend, &seg, w.now)
-	switch v.Action {
-	case conntrack.Drop:
-		w.drop(ctBase + dropReason(v.Reason))
-		return
-	case conntrack.Challenge:
-		w.drop(ctBase + dropReason(v.Reason))
-		w.challenge(p, f, fl, conntrack.FromBackend)
+	v, ok := w.track(p, f, fl, conntrack.FromBackend, &seg)
+	if !ok {
 		return
 	}
 	if seg.Flags&(packet.FlagSYN|packet.FlagACK) == packet.FlagSYN|packet.FlagACK && v.Old == conntrack.StateSynSent {
@@ -573,11 +587,7 @@ func (w *worker) handleICMP(p *ring.Packet, f *packet.Frame) {
 		w.drop(dropNoFlow)
 		return
 	}
-	be := w.reg.backends[fl.Backend]
-	var h *hop
-	if be != nil {
-		h = be.hop.Load()
-	}
+	_, h := w.hopOf(fl)
 	if h == nil {
 		w.drop(dropNoNeighbor)
 		return
