@@ -139,9 +139,9 @@ func TestLargeTransfers(t *testing.T) {
 }
 
 func TestConcurrentEcho(t *testing.T) {
-	// Two workers, so the fanout path (a flow's two directions handled
-	// by different workers) carries this load; the default on small
-	// machines is one.
+	// Two workers, named rather than left to the default (one per CPU),
+	// so that the flows are spread over workers on a one-CPU machine too:
+	// each worker must see both directions of its own flows.
 	t.Parallel()
 	s := start(t, "-workers", "2")
 	const conns, size = 200, 1 << 20

@@ -226,7 +226,7 @@ func parse(args []string, stderr io.Writer) (*invocation, error) {
 		metrics    = fs.String("metrics", "", "serve Prometheus metrics, the JSON API and the status page on this `address` (e.g. 127.0.0.1:9120)")
 		pprofOn    = fs.Bool("pprof", false, "also serve /debug/pprof on the -metrics address (profiling; keep that address private)")
 		fw         = fs.Bool("firewall", true, "install nftables rules and reserve the NAT ports so the host's TCP stack stays quiet; false leaves it to scripts/setup.sh")
-		workers    = fs.Int("workers", 0, fmt.Sprintf("packet workers (0: one per two CPUs, here %d)", rawlb.DefaultWorkers(numCPU())))
+		workers    = fs.Int("workers", 0, fmt.Sprintf("packet workers (0: one per CPU, 1 to 8, here %d)", rawlb.DefaultWorkers(numCPU())))
 		ringFrames = fs.Int("ring-frames", 0, "receive ring slots per worker (0: 8192, which holds a burst of thousands of SYNs)")
 		stateDir   = fs.String("state-dir", d.StateDir, "`directory` of the state a restart hands over")
 		instance   = fs.String("instance", "", "instance name (nftables table rawlb_NAME and state file); default: the first service's port; two balancers on one host need two")
