@@ -210,6 +210,12 @@ readonly HZ
 # lets a human spot leftovers of a killed run: ip netns list | grep rlbbench-
 TAG=$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')
 readonly P="rlbbench-$TAG-"
+# A run holds a lock named after its tag for as long as it lives, so that
+# the next run can tell a killed run's namespaces (SIGKILL skips the EXIT
+# trap) from a running one's, and delete them: see remove_stale_labs.
+readonly LOCKDIR=/run/lock
+exec {TAG_LOCK}>"$LOCKDIR/rawlb-bench-$TAG.lock"
+flock -n "$TAG_LOCK"
 # The lab of the contender being measured: LAB is its namespaces' prefix.
 LAB="" SW="" CLIENT=""
 WORK=$(mktemp -d /tmp/rawlb-bench.XXXXXX)
@@ -236,6 +242,7 @@ cleanup() {
 		mkdir -p "$BENCH_LOGS_DIR" && find "$WORK" -name '*.log' -exec cp --parents -t "$BENCH_LOGS_DIR" {} + 2>/dev/null
 	fi
 	rm -rf "$WORK"
+	rm -f "$LOCKDIR/rawlb-bench-$TAG.lock"
 	[ "$rc" -eq 0 ] || log "failed (exit $rc); namespaces and processes cleaned up"
 	exit "$rc"
 }
@@ -268,6 +275,22 @@ delete_ns() {
 	return 0
 }
 
+# remove_stale_labs deletes the namespaces of earlier runs that no longer
+# hold their tag's lock: they were killed before their cleanup ran.
+remove_stale_labs() {
+	local ns tag
+	for ns in $(ip netns list | awk '{print $1}' | grep '^rlbbench-' || true); do
+		tag=${ns#rlbbench-}
+		tag=${tag%%-*}
+		[ "$tag" != "$TAG" ] || continue
+		if flock -n "$LOCKDIR/rawlb-bench-$tag.lock" true; then
+			log "deleting $ns, left by a killed run"
+			delete_ns "$ns"
+			rm -f "$LOCKDIR/rawlb-bench-$tag.lock"
+		fi
+	done
+}
+
 delete_all_ns() {
 	local i
 	for ((i = ${#NAMESPACES[@]} - 1; i >= 0; i--)); do
@@ -275,6 +298,7 @@ delete_all_ns() {
 	done
 	NAMESPACES=()
 }
+remove_stale_labs
 
 add_ns() {
 	ip netns add "$1"
