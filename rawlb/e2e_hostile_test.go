@@ -109,35 +109,24 @@ type connectLoop struct {
 
 func (s *setup) startConnectLoop(t *testing.T, workers int, limit time.Duration) *connectLoop {
 	l := &connectLoop{stop: make(chan struct{})}
-	for i := 0; i < workers; i++ {
-		l.wg.Add(1)
-		go func() {
-			defer l.wg.Done()
-			for {
-				select {
-				case <-l.stop:
-					return
-				default:
-				}
-				ctx, cancel := context.WithTimeout(context.Background(), limit)
-				start := time.Now()
-				c, err := s.lab.Client.Dial(ctx, "tcp", s.vip)
-				took := time.Since(start)
-				cancel()
-				l.mu.Lock()
-				if err != nil {
-					l.fails++
-				} else {
-					l.times = append(l.times, took)
-				}
-				l.mu.Unlock()
-				if c != nil {
-					c.Close()
-				}
-				time.Sleep(20 * time.Millisecond) // pacing: a client, not a load
-			}
-		}()
-	}
+	loopUntil(&l.wg, l.stop, workers, func() {
+		ctx, cancel := context.WithTimeout(context.Background(), limit)
+		start := time.Now()
+		c, err := s.lab.Client.Dial(ctx, "tcp", s.vip)
+		took := time.Since(start)
+		cancel()
+		l.mu.Lock()
+		if err != nil {
+			l.fails++
+		} else {
+			l.times = append(l.times, took)
+		}
+		l.mu.Unlock()
+		if c != nil {
+			c.Close()
+		}
+		time.Sleep(20 * time.Millisecond) // pacing: a client, not a load
+	})
 	return l
 }
 

@@ -249,36 +249,25 @@ type closeLoad struct {
 
 func (s *setup) startCloseLoad(t *testing.T, n int, seconds int) *closeLoad {
 	l := &closeLoad{perSec: make([]atomic.Int64, seconds), start: time.Now(), stop: make(chan struct{})}
-	for i := 0; i < n; i++ {
-		l.wg.Add(1)
-		go func() {
-			defer l.wg.Done()
-			for {
-				select {
-				case <-l.stop:
-					return
-				default:
-				}
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				c, err := s.lab.Client.Dial(ctx, "tcp", s.vip)
-				cancel()
-				if err == nil {
-					_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-					if _, err = netlab.Hello(c); err == nil {
-						_, _, err = netlab.Get(c, 0)
-					}
-					c.Close()
-				}
-				if err != nil {
-					l.errs.Add(1)
-					continue
-				}
-				if sec := int(time.Since(l.start) / time.Second); sec < len(l.perSec) {
-					l.perSec[sec].Add(1)
-				}
+	loopUntil(&l.wg, l.stop, n, func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		c, err := s.lab.Client.Dial(ctx, "tcp", s.vip)
+		cancel()
+		if err == nil {
+			_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+			if _, err = netlab.Hello(c); err == nil {
+				_, _, err = netlab.Get(c, 0)
 			}
-		}()
-	}
+			c.Close()
+		}
+		if err != nil {
+			l.errs.Add(1)
+			return
+		}
+		if sec := int(time.Since(l.start) / time.Second); sec < len(l.perSec) {
+			l.perSec[sec].Add(1)
+		}
+	})
 	return l
 }
 

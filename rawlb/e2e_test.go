@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -251,6 +252,23 @@ func (s *setup) dial(t *testing.T) (net.Conn, string) {
 		t.Fatalf("greeting: %v", err)
 	}
 	return c, name
+}
+
+// loopUntil starts n goroutines on wg, each calling once over and over
+// until stop is closed: the clients of a load.
+func loopUntil(wg *sync.WaitGroup, stop <-chan struct{}, n int, once func()) {
+	for range n {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				once()
+			}
+		})
+	}
 }
 
 // echoByte sends b on c, in the lab protocol's ECHO mode, and checks that
