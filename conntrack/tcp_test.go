@@ -352,3 +352,29 @@ func TestTrackAllocatesNothing(t *testing.T) {
 		t.Fatalf("Track allocates %v times per call", n)
 	}
 }
+
+// TestTrackRefreshesLastSeen: a forwarded segment, from either side, is
+// what keeps a flow from its idle timeout; a dropped one is not.
+func TestTrackRefreshesLastSeen(t *testing.T) {
+	tab := newTable(t, Config{})
+	c := open(t, tab, key(1), 1000)
+	c.establish()
+	for i, from := range []Direction{FromClient, FromBackend} {
+		c.now = int64(i+1) * 1e9
+		var v Verdict
+		if from == FromClient {
+			v = c.client(FlagACK|FlagPSH, 100)
+		} else {
+			v = c.backend(FlagACK|FlagPSH, 100)
+		}
+		if v.Action != Forward || c.f.LastSeen != c.now {
+			t.Fatalf("data from %v at %d: %+v, LastSeen %d", from, c.now, v, c.f.LastSeen)
+		}
+	}
+	before := c.f.LastSeen
+	c.now += 1e9
+	s := Segment{Flags: FlagACK, Seq: c.cseq + 1<<30, Ack: c.bseq + c.f.BSeqOff, Win: 100, Len: 10, WScale: -1}
+	if v := tab.Track(c.f, FromClient, &s, c.now); v.Action == Forward || c.f.LastSeen != before {
+		t.Fatalf("a segment far outside the window: %+v, LastSeen %d, want %d", v, c.f.LastSeen, before)
+	}
+}
