@@ -399,10 +399,7 @@ func reloadErrText(t *testing.T, err error) string {
 func TestBadConfigReloads(t *testing.T) {
 	t.Parallel()
 	skipE2E(t)
-	lab := netlab.New(t, netlab.Options{Backends: 3})
-	for i, h := range lab.Backends {
-		h.StartBackend(t, backendPort, fmt.Sprintf("web%d", i+1))
-	}
+	lab := webLab(t)
 	good := servicesYAML(lab, svcSpec{name: "web", listen: lbPort, bePort: backendPort})
 	s := launchConfig(t, lab, good)
 	s.waitUp(t, 3)

@@ -102,10 +102,7 @@ next:
 func TestUnreachableBackendIsDown(t *testing.T) {
 	t.Parallel()
 	skipE2E(t)
-	lab := netlab.New(t, netlab.Options{Backends: 3})
-	for i, h := range lab.Backends {
-		h.StartBackend(t, backendPort, fmt.Sprintf("web%d", i+1))
-	}
+	lab := webLab(t)
 	s := launchConfig(t, lab, "interfaces: [eth0]\n"+servicesYAML(lab, svcSpec{name: "web", listen: lbPort, bePort: backendPort}))
 	s.waitUp(t, 3)
 	lb, x := lab.Balancer, lab.Backends[2]
@@ -278,10 +275,7 @@ func TestDeadBackendFlowsAreKept(t *testing.T) {
 func deadBackendFlows(t *testing.T, onDown string) {
 	skipE2E(t)
 	const interval, fall = 500 * time.Millisecond, 2
-	lab := netlab.New(t, netlab.Options{Backends: 3})
-	for i, h := range lab.Backends {
-		h.StartBackend(t, backendPort, fmt.Sprintf("web%d", i+1))
-	}
+	lab := webLab(t)
 	// on_backend_down is given, not left to the default: the file's
 	// default (keep) differs from the command line's (reset).
 	s := launchConfig(t, lab, servicesYAML(lab, svcSpec{name: "web", listen: lbPort, bePort: backendPort,

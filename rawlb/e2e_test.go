@@ -254,6 +254,17 @@ func (s *setup) dial(t *testing.T) (net.Conn, string) {
 	return c, name
 }
 
+// webLab is a lab of three backends running the lab server on
+// backendPort, named web1 to web3.
+func webLab(t *testing.T) *netlab.Lab {
+	t.Helper()
+	lab := netlab.New(t, netlab.Options{Backends: 3})
+	for i, h := range lab.Backends {
+		h.StartBackend(t, backendPort, fmt.Sprintf("web%d", i+1))
+	}
+	return lab
+}
+
 // loopUntil starts n goroutines on wg, each calling once over and over
 // until stop is closed: the clients of a load.
 func loopUntil(wg *sync.WaitGroup, stop <-chan struct{}, n int, once func()) {
