@@ -382,6 +382,25 @@ var backendVariants = []struct {
 	{"no-timestamps", false, false},
 }
 
+// variantLab builds a lab of three backends with the TIME_WAIT behaviour
+// of a backendVariants entry: rfc1337 on the backends, timestamps off on
+// the client.
+func variantLab(t *testing.T, rfc1337, timestamps bool) (*netlab.Lab, []*netlab.Backend) {
+	t.Helper()
+	lab := netlab.New(t, netlab.Options{Backends: 3})
+	var backends []*netlab.Backend
+	for i, h := range lab.Backends {
+		backends = append(backends, h.StartBackend(t, backendPort, fmt.Sprintf("backend-%d", i+1)))
+		if rfc1337 {
+			h.Run(t, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/tcp_rfc1337")
+		}
+	}
+	if !timestamps {
+		lab.Client.Run(t, "sh", "-c", "echo 0 > /proc/sys/net/ipv4/tcp_timestamps")
+	}
+	return lab, backends
+}
+
 // rateAttempts runs one connection-rate measurement, which reports a rate
 // ratio below 0.9 as an error, and measures once more, in a fresh lab,
 // when the first fell short. The ratio compares two windows of the same
@@ -414,22 +433,11 @@ func TestSlowRestartConnectionRate(t *testing.T) {
 		// (seen: 0.86x when rfc1337's first window overlapped the others).
 		t.Run(v.name, func(t *testing.T) {
 			rateAttempts(t, func() error {
-				lab := netlab.New(t, netlab.Options{Backends: 3})
-				s := &setup{lab: lab}
-				for i, h := range lab.Backends {
-					s.backends = append(s.backends, h.StartBackend(t, backendPort, fmt.Sprintf("backend-%d", i+1)))
-					if v.rfc1337 {
-						h.Run(t, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/tcp_rfc1337")
-					}
-				}
-				if !v.timestamps {
-					lab.Client.Run(t, "sh", "-c", "echo 0 > /proc/sys/net/ipv4/tcp_timestamps")
-				}
+				lab, backends := variantLab(t, v.rfc1337, v.timestamps)
 				// The default NAT range: at about 1,000 connections a second
 				// the backends hold TIME_WAITs on tens of thousands of its
 				// ports, which the new process reuses.
-				backends := s.backends
-				*s = *launch(t, lab)
+				s := launch(t, lab)
 				s.backends = backends
 				// The lab of a first attempt stays until the test ends; its
 				// balancer idles.
@@ -450,16 +458,9 @@ func TestSlowForeignTimeWaits(t *testing.T) {
 		// (seen: 0.86x when rfc1337's first window overlapped the others).
 		t.Run(v.name, func(t *testing.T) {
 			rateAttempts(t, func() error {
-				lab := netlab.New(t, netlab.Options{Backends: 3})
-				var backends []*netlab.Backend
-				for i, h := range lab.Backends {
-					backends = append(backends, h.StartBackend(t, backendPort, fmt.Sprintf("backend-%d", i+1)))
-					if v.rfc1337 {
-						h.Run(t, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/tcp_rfc1337")
-					}
-				}
+				lab, backends := variantLab(t, v.rfc1337, v.timestamps)
 				if !v.timestamps {
-					lab.Client.Run(t, "sh", "-c", "echo 0 > /proc/sys/net/ipv4/tcp_timestamps")
+					// The balancer's own stack seeds the TIME_WAITs.
 					lab.Balancer.Run(t, "sh", "-c", "echo 0 > /proc/sys/net/ipv4/tcp_timestamps")
 				}
 				// The first ports of the range, which a fresh rawlb hands out
