@@ -1,0 +1,351 @@
+// SPDX-License-Identifier: GPL-2.0
+//
+// rawlb's fast path: a tc (tcx) ingress program that forwards the segments
+// of established flows the engine handed it, in the kernel, without the
+// copies into and out of the packet ring. It does for those segments exactly
+// what the engine's worker does (conntrack's inWindow, then the rewrite of
+// addresses, ports, sequence and timestamp offsets, window scale and MACs),
+// and gives everything else back to the engine: SYN, FIN and RST, segments
+// whose options it does not parse, and segments its window check refuses.
+// A flow it gives a segment back for is marked evicted, under the flow's
+// lock, so that every later segment of the flow follows the first into the
+// ring in order; the engine then takes the flow's state back.
+//
+// The layout of every map value is mirrored in fastpath.go; change both.
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/pkt_cls.h>
+#include <linux/tcp.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+struct fp_key {
+	__u32 saddr, daddr; // as the segment arrives, network order
+	__u16 sport, dport;
+};
+
+struct fp_ref {
+	__u32 id;  // key into fp_flows
+	__u32 dir; // 0: from the client, 1: from the backend
+};
+
+// conntrack's peer: one side's sender state.
+struct fp_peer {
+	__u32 end, maxend, maxwin, maxack;
+	__u16 win;
+	__u8 scale, flags;
+};
+
+#define PEER_MAXACK 4 // conntrack's peerMaxAck
+
+// How one direction is rewritten; written once by the engine.
+struct fp_dir {
+	__u32 saddr, daddr; // network order
+	__u16 sport, dport; // network order
+	__u32 seq_add, ack_add, tsval_add, tsecr_add;
+	__u32 ifindex;
+	__u8 dmac[6], smac[6];
+	__s8 win_shift;
+	__u8 pad[3];
+};
+
+struct fp_flow {
+	struct bpf_spin_lock lock;
+	__u32 evicted; // why the flow went back to the engine; 0 while it is ours
+	struct fp_peer peers[2];
+	struct fp_dir dir[2];
+	__u64 last_ns; // bpf_ktime_get_ns of the last segment that moved the state
+	__u64 packets[2], bytes[2];
+	__u32 ts_last, seq_end; // the last TSval and the furthest end sent to the backend
+	__u32 note;             // NOTE_TS: ts_last is set
+	__u32 pad;
+};
+
+#define NOTE_TS 1
+
+// Counters, per CPU.
+enum {
+	STAT_PACKETS,
+	STAT_BYTES,
+	STAT_EVICT_FLAGS,   // SYN, FIN, RST or no ACK
+	STAT_EVICT_OPTIONS, // options it does not parse (SACK blocks, IP options, ...)
+	STAT_EVICT_WINDOW,  // outside the window, or an ACK of unseen data
+	STAT_PASSED,        // segments of an evicted flow passed to the engine
+	STAT_IGNORED,       // forwarded without a state change (retransmissions, old ACKs)
+	NUM_STATS,
+};
+
+// Eviction reasons, as written to fp_flow.evicted.
+enum {
+	EVICT_FLAGS = 1,
+	EVICT_OPTIONS,
+	EVICT_WINDOW,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 2);
+	__type(key, struct fp_key);
+	__type(value, struct fp_ref);
+} fp_keys SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fp_flow);
+} fp_flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, NUM_STATS);
+	__type(key, __u32);
+	__type(value, __u64);
+} fp_stats SEC(".maps");
+
+static __always_inline void count(__u32 what, __u64 n)
+{
+	__u64 *v = bpf_map_lookup_elem(&fp_stats, &what);
+	if (v)
+		*v += n;
+}
+
+static __always_inline int before(__u32 a, __u32 b) { return (__s32)(a - b) < 0; }
+static __always_inline int after(__u32 a, __u32 b) { return (__s32)(b - a) < 0; }
+
+#define MAX_ACK_WIN_CONST 66000
+
+enum { WIN_OK, WIN_IGNORE, WIN_INVALID };
+
+// in_window is conntrack's inWindow for an ACK segment without SYN and
+// without SACK blocks on an established flow: the four bounds, then the
+// updates. Called with the flow's lock held.
+static __always_inline int in_window(struct fp_flow *fl, __u32 d, __u32 seq, __u32 len, __u32 ack, __u16 rawwin)
+{
+	struct fp_peer *snd = &fl->peers[d & 1], *rcv = &fl->peers[(d ^ 1) & 1];
+	__u32 end = seq + len;
+	__u32 win = rawwin;
+	__u32 maxack = snd->maxwin > MAX_ACK_WIN_CONST ? snd->maxwin : MAX_ACK_WIN_CONST;
+
+	if (snd->maxwin == 0)
+		return WIN_INVALID;
+	if (!before(seq, snd->maxend + 1))
+		return WIN_INVALID; // I (the engine decides about an overshoot)
+	if (!before(ack, rcv->end + 1))
+		return WIN_INVALID; // III
+	if (rcv->maxwin != 0 && !after(end, snd->end - rcv->maxwin - 1))
+		return WIN_IGNORE; // II: a retransmission of acknowledged data
+	if (!after(ack, rcv->end - maxack - 1))
+		return WIN_IGNORE; // IV: an overly delayed ACK
+
+	win <<= (snd->scale & 15);
+	if (snd->maxwin < win)
+		snd->maxwin = win;
+	if (after(end, snd->end))
+		snd->end = end;
+	if (!(snd->flags & PEER_MAXACK) || after(ack, snd->maxack)) {
+		snd->maxack = ack;
+		snd->flags |= PEER_MAXACK;
+	}
+	if (rcv->maxwin != 0 && after(end, snd->maxend))
+		rcv->maxwin += end - snd->maxend;
+	if (after(ack + win, rcv->maxend - 1)) {
+		rcv->maxend = ack + win;
+		if (win == 0)
+			rcv->maxend++;
+	}
+	snd->win = rawwin;
+	return WIN_OK;
+}
+
+// evict hands the flow back to the engine: this segment and every later one
+// go up the stack to the packet ring, in order.
+static __always_inline int evict(struct fp_flow *fl, __u32 why, __u32 stat)
+{
+	bpf_spin_lock(&fl->lock);
+	if (!fl->evicted)
+		fl->evicted = why;
+	bpf_spin_unlock(&fl->lock);
+	count(stat, 1);
+	return TC_ACT_OK;
+}
+
+static __always_inline void csum_add(__u32 *sum, __u32 from, __u32 to)
+{
+	// One's complement difference of a 32-bit field, RFC 1624.
+	*sum += (~from & 0xffff) + (~from >> 16) + (to & 0xffff) + (to >> 16);
+}
+
+static __always_inline void csum_add16(__u32 *sum, __u16 from, __u16 to)
+{
+	*sum += (__u16)~from + to;
+}
+
+static __always_inline __u32 csum_fold32(__u32 sum)
+{
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return sum;
+}
+
+// TCP flags, byte 13 of the header.
+#define F_FIN 0x01
+#define F_SYN 0x02
+#define F_RST 0x04
+#define F_ACK 0x10
+
+#define OPT_TS_CANON 0x0101080a // NOP NOP TIMESTAMP(10), the layout Linux and most stacks send
+
+SEC("tc")
+int rawlb_fastpath(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP) || skb->vlan_present)
+		return TC_ACT_OK;
+	struct iphdr *ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > data_end || ip->version != 4 || ip->protocol != IPPROTO_TCP)
+		return TC_ACT_OK;
+	__u32 ihl = ip->ihl * 4;
+	if (ihl < 20 || ip->frag_off & bpf_htons(0x3fff))
+		return TC_ACT_OK;
+	struct tcphdr *tcp = (void *)ip + ihl;
+	if ((void *)(tcp + 1) > data_end)
+		return TC_ACT_OK;
+
+	struct fp_key key = {.saddr = ip->saddr, .daddr = ip->daddr, .sport = tcp->source, .dport = tcp->dest};
+	struct fp_ref *ref = bpf_map_lookup_elem(&fp_keys, &key);
+	if (!ref)
+		return TC_ACT_OK;
+	__u32 id = ref->id, d = ref->dir & 1;
+	struct fp_flow *fl = bpf_map_lookup_elem(&fp_flows, &id);
+	if (!fl)
+		return TC_ACT_OK;
+	if (fl->evicted) {
+		count(STAT_PASSED, 1);
+		return TC_ACT_OK;
+	}
+	struct fp_dir *dr = &fl->dir[d];
+
+	__u8 flags = ((__u8 *)tcp)[13];
+	if ((flags & (F_SYN | F_FIN | F_RST | F_ACK)) != F_ACK)
+		return evict(fl, EVICT_FLAGS, STAT_EVICT_FLAGS);
+	if (ihl != 20)
+		return evict(fl, EVICT_OPTIONS, STAT_EVICT_OPTIONS);
+	__u32 doff = tcp->doff * 4;
+	__u32 *ts = 0;
+	if (doff == 32) {
+		ts = (void *)(tcp + 1);
+		if ((void *)(ts + 3) > data_end || *ts != bpf_htonl(OPT_TS_CANON))
+			return evict(fl, EVICT_OPTIONS, STAT_EVICT_OPTIONS);
+	} else if (doff != 20) {
+		// Anything else may hold SACK blocks, which the window check
+		// reads and the offsets would translate: the engine's job.
+		return evict(fl, EVICT_OPTIONS, STAT_EVICT_OPTIONS);
+	}
+
+	// The IP length, not the frame's: a NIC's frame may carry Ethernet
+	// padding. A GSO frame above 64 KB (BIG TCP) says 0: then the skb's.
+	__u32 iplen = bpf_ntohs(ip->tot_len);
+	if (iplen == 0 && skb->gso_size)
+		iplen = skb->len - sizeof(*eth);
+	if (iplen < ihl + doff || iplen > skb->len - sizeof(*eth))
+		return evict(fl, EVICT_OPTIONS, STAT_EVICT_OPTIONS);
+	__u32 len = iplen - ihl - doff;
+	__u32 seq = bpf_ntohl(tcp->seq), ack = bpf_ntohl(tcp->ack_seq);
+	__u16 rawwin = bpf_ntohs(tcp->window);
+	__u32 seq2 = seq + dr->seq_add, ack2 = ack + dr->ack_add;
+
+	__u64 now = bpf_ktime_get_ns(); // no helper calls under the lock
+	bpf_spin_lock(&fl->lock);
+	if (fl->evicted) {
+		bpf_spin_unlock(&fl->lock);
+		count(STAT_PASSED, 1);
+		return TC_ACT_OK;
+	}
+	int v = in_window(fl, d, seq, len, ack2, rawwin);
+	if (v == WIN_INVALID) {
+		fl->evicted = EVICT_WINDOW;
+		bpf_spin_unlock(&fl->lock);
+		count(STAT_EVICT_WINDOW, 1);
+		return TC_ACT_OK;
+	}
+	if (v == WIN_OK)
+		fl->last_ns = now;
+	fl->packets[d]++;
+	fl->bytes[d] += iplen;
+	if (d == 0) {
+		if (ts) {
+			fl->ts_last = bpf_ntohl(ts[1]) + dr->tsval_add;
+			fl->note |= NOTE_TS;
+		}
+		if ((__s32)(seq2 + len - fl->seq_end) > 0)
+			fl->seq_end = seq2 + len;
+	}
+	bpf_spin_unlock(&fl->lock);
+	if (v == WIN_IGNORE)
+		count(STAT_IGNORED, 1);
+
+	// The rewrite. Sums of the changes: pseudo-header (addresses) and the
+	// rest of the TCP header, applied by the helpers, which know whether
+	// the checksum is partial (then only the pseudo-header part counts).
+	__u32 psum = 0, tsum = 0;
+	csum_add(&psum, ip->saddr, dr->saddr);
+	csum_add(&psum, ip->daddr, dr->daddr);
+	__u32 oports = ((__u32)tcp->source << 16) | tcp->dest;
+	__u32 nports = ((__u32)dr->sport << 16) | dr->dport;
+	csum_add(&tsum, oports, nports);
+	__u32 nseq = bpf_htonl(seq2), nack = bpf_htonl(ack2);
+	csum_add(&tsum, tcp->seq, nseq);
+	csum_add(&tsum, tcp->ack_seq, nack);
+	ip->saddr = dr->saddr;
+	ip->daddr = dr->daddr;
+	tcp->source = dr->sport;
+	tcp->dest = dr->dport;
+	tcp->seq = nseq;
+	tcp->ack_seq = nack;
+	if (ts && (dr->tsval_add | dr->tsecr_add)) {
+		__u32 tv = bpf_htonl(bpf_ntohl(ts[1]) + dr->tsval_add);
+		__u32 te = bpf_htonl(bpf_ntohl(ts[2]) + dr->tsecr_add);
+		csum_add(&tsum, ts[1], tv);
+		csum_add(&tsum, ts[2], te);
+		ts[1] = tv;
+		ts[2] = te;
+	}
+	if (dr->win_shift) {
+		__u32 w = rawwin;
+		if (dr->win_shift < 0)
+			w >>= (-dr->win_shift) & 15;
+		else {
+			w <<= dr->win_shift & 15;
+			if (w > 0xffff)
+				w = 0xffff;
+		}
+		__u16 nw = bpf_htons((__u16)w);
+		csum_add16(&tsum, tcp->window, nw);
+		tcp->window = nw;
+	}
+	__builtin_memcpy(eth->h_dest, dr->dmac, 6);
+	__builtin_memcpy(eth->h_source, dr->smac, 6);
+
+	__u32 ipoff = sizeof(*eth);
+	__u32 tcpoff = ipoff + ihl;
+	__u32 ifindex = dr->ifindex;
+	psum = csum_fold32(psum);
+	tsum = csum_fold32(tsum);
+	if (bpf_l3_csum_replace(skb, ipoff + offsetof(struct iphdr, check), 0, psum, 0) < 0)
+		return TC_ACT_SHOT;
+	if (bpf_l4_csum_replace(skb, tcpoff + offsetof(struct tcphdr, check), 0, psum, BPF_F_PSEUDO_HDR) < 0)
+		return TC_ACT_SHOT;
+	if (bpf_l4_csum_replace(skb, tcpoff + offsetof(struct tcphdr, check), 0, tsum, 0) < 0)
+		return TC_ACT_SHOT;
+	count(STAT_PACKETS, 1);
+	count(STAT_BYTES, iplen);
+	return bpf_redirect(ifindex, 0);
+}
+
+char LICENSE[] SEC("license") = "GPL";

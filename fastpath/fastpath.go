@@ -1,0 +1,325 @@
+// Package fastpath forwards the segments of established flows inside the
+// kernel, with a tc (tcx) ingress program, instead of through the packet
+// ring: no copy into the ring, no wake-up of a worker, no copy out again
+// into sendmmsg, and the receiving host's stack runs on the CPU the segment
+// arrived on, as with the kernel's own NAT.
+//
+// The engine stays in charge. It decides which flows the program gets (an
+// established flow that has shown it is not a one-request connection), and
+// the program hands a flow back, marking it evicted under the flow's lock,
+// at the first segment it does not forward exactly as the engine would: a
+// SYN, FIN or RST, options other than timestamps in their usual layout,
+// or a sequence or acknowledgment number outside the windows. That segment
+// and every later one then go to the ring in order, and the engine takes
+// the flow's window state back before it tracks them (Take). The window
+// check is conntrack's own (conntrack/tcp.go, after the kernel's
+// tcp_in_window), so a flow is tracked as strictly in the kernel as in
+// the engine; the kernel's flowtable offload (nf_flow_table) does no
+// window check at all.
+//
+// The segments the program forwards never reach the packet sockets: those
+// must be bound to ETH_P_IP, whose handlers run after tc ingress, not to
+// ETH_P_ALL, whose taps run before it (__netif_receive_skb_core).
+package fastpath
+
+import (
+	"bytes"
+	_ "embed"
+	"errors"
+	"fmt"
+	"sync"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+)
+
+// The program, built from bpf/fastpath.c by `make fastpath` (clang -target
+// bpf); the object is committed so that building rawlb needs no clang.
+//
+//go:embed fastpath_bpfel.o
+var object []byte
+
+// Key is a segment's addresses and ports as it arrives, in network order:
+// the key of one direction of an offloaded flow.
+type Key struct {
+	Src, Dst         [4]byte
+	SrcPort, DstPort [2]byte
+}
+
+// MakeKey returns the key of segments from src:sport to dst:dport.
+func MakeKey(src [4]byte, sport uint16, dst [4]byte, dport uint16) Key {
+	return Key{Src: src, Dst: dst, SrcPort: [2]byte{byte(sport >> 8), byte(sport)}, DstPort: [2]byte{byte(dport >> 8), byte(dport)}}
+}
+
+// ref is fp_ref: which flow a key belongs to, and from which side.
+type ref struct {
+	ID, Dir uint32
+}
+
+// Peer is one side's window state, conntrack's peer (fp_peer).
+type Peer struct {
+	End, MaxEnd, MaxWin, MaxAck uint32
+	Win                         uint16
+	Scale, Flags                uint8
+}
+
+// Dir says how the segments of one direction are rewritten (fp_dir): the
+// new addresses and ports, what is added to the sequence and
+// acknowledgment numbers and to the timestamps, the window scaling, and
+// where the frame goes.
+type Dir struct {
+	Src, Dst                           [4]byte
+	SrcPort, DstPort                   [2]byte
+	SeqAdd, AckAdd, TSvalAdd, TSecrAdd uint32
+	Ifindex                            uint32
+	DstMAC, SrcMAC                     [6]byte
+	WinShift                           int8
+	_                                  [3]byte
+}
+
+// Flow is an offloaded flow (fp_flow), indexed by direction: 0 from the
+// client, 1 from the backend.
+type Flow struct {
+	lock    uint32 // struct bpf_spin_lock: the kernel's; never copied in or out
+	Evicted uint32 // why the program gave the flow back (an Evict* value); 0 while it forwards
+	Peers   [2]Peer
+	Dir     [2]Dir
+	// LastNs is the CLOCK_MONOTONIC time of the last segment that moved
+	// the window state.
+	LastNs         uint64
+	Packets, Bytes [2]uint64 // forwarded by the program
+	// TSLast and SeqEnd are the last TSval and the furthest sequence end
+	// sent toward the backend, after the offsets (conntrack's
+	// NoteToBackend); TSLast only if Note has NoteTS.
+	TSLast, SeqEnd uint32
+	Note           uint32
+	_              uint32
+}
+
+// NoteTS is Flow.Note's bit for a TSLast that is set.
+const NoteTS = 1
+
+// Why a flow was given back (Flow.Evicted).
+const (
+	EvictFlags   = 1 // a SYN, FIN or RST, or a segment without ACK
+	EvictOptions = 2 // options the program does not read, or IP options
+	EvictWindow  = 3 // outside the windows: the engine decides
+)
+
+// Counters of the program, summed over CPUs (fp_stats).
+const (
+	StatPackets = iota
+	StatBytes
+	StatEvictFlags
+	StatEvictOptions
+	StatEvictWindow
+	StatPassed  // segments of a flow already given back, passed to the engine
+	StatIgnored // forwarded without changing the state (conntrack's "ignore")
+	NumStats
+)
+
+// Config sizes the maps.
+type Config struct {
+	// Flows is how many flows the program may hold at once; an offload
+	// beyond it fails with ErrFull and the flow stays with the engine.
+	Flows int
+}
+
+// ErrFull is returned by Insert when the program holds Config.Flows flows.
+var ErrFull = errors.New("fastpath: flow map full")
+
+// Path is the loaded program and its maps. Insert, Take, Peek and Remove
+// may be called from any goroutine, each flow from one at a time; they
+// allocate nothing.
+type Path struct {
+	coll               *ebpf.Collection
+	prog               *ebpf.Program
+	keys, flows, stats *ebpf.Map
+	keysFD, flowsFD    uint32
+
+	mu    sync.Mutex
+	links map[int]link.Link
+}
+
+// Load loads the program and creates its maps. It needs CAP_BPF and
+// CAP_NET_ADMIN (or CAP_SYS_ADMIN), and Linux 6.6 for tcx.
+func Load(c Config) (*Path, error) {
+	if c.Flows < 1 {
+		return nil, fmt.Errorf("fastpath: Config.Flows = %d: need at least 1", c.Flows)
+	}
+	spec, err := ebpf.LoadCollectionSpecFromReader(bytes.NewReader(object))
+	if err != nil {
+		return nil, fmt.Errorf("fastpath: reading the program: %w", err)
+	}
+	spec.Maps["fp_flows"].MaxEntries = uint32(c.Flows)
+	spec.Maps["fp_keys"].MaxEntries = uint32(2 * c.Flows)
+	coll, err := ebpf.NewCollection(spec)
+	if err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("fastpath: the kernel refused the program: %+v", ve)
+		}
+		return nil, fmt.Errorf("fastpath: loading the program (needs CAP_BPF and CAP_NET_ADMIN): %w", err)
+	}
+	p := &Path{coll: coll, prog: coll.Programs["rawlb_fastpath"], keys: coll.Maps["fp_keys"],
+		flows: coll.Maps["fp_flows"], stats: coll.Maps["fp_stats"], links: map[int]link.Link{}}
+	p.keysFD, p.flowsFD = uint32(p.keys.FD()), uint32(p.flows.FD())
+	return p, nil
+}
+
+// Attach puts the program on ifindex's ingress, after any program already
+// there (tcx keeps each link's own place).
+func (p *Path) Attach(ifindex int) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, ok := p.links[ifindex]; ok {
+		return nil
+	}
+	l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: p.prog, Attach: ebpf.AttachTCXIngress})
+	if err != nil {
+		return fmt.Errorf("fastpath: attaching to interface %d (tcx needs Linux 6.6): %w", ifindex, err)
+	}
+	p.links[ifindex] = l
+	return nil
+}
+
+// Attached reports whether the program runs on ifindex's ingress.
+func (p *Path) Attached(ifindex int) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	_, ok := p.links[ifindex]
+	return ok
+}
+
+// Detach takes the program off every interface. When it returns, no
+// instance of the program runs any more (the kernel waits for an RCU grace
+// period when a tcx link goes), so the flows in the map are still.
+func (p *Path) Detach() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var errs []error
+	for i, l := range p.links {
+		errs = append(errs, l.Close())
+		delete(p.links, i)
+	}
+	return errors.Join(errs...)
+}
+
+// Close detaches the program and frees the maps.
+func (p *Path) Close() error {
+	err := p.Detach()
+	p.coll.Close()
+	return err
+}
+
+// bpf(2) commands and flags (include/uapi/linux/bpf.h).
+const (
+	cmdLookup = 1
+	cmdUpdate = 2
+	cmdDelete = 3
+	flagLock  = 4 // BPF_F_LOCK: copy the value under its spin lock
+)
+
+// elemAttr is union bpf_attr for the map element commands.
+type elemAttr struct {
+	fd    uint32
+	_     uint32
+	key   uint64
+	value uint64
+	flags uint64
+}
+
+// elem runs one map element command. It is a plain system call rather than
+// cilium/ebpf's Map methods so that the engine's worker, which calls it,
+// allocates nothing.
+func elem(cmd uintptr, fd uint32, key, value unsafe.Pointer, flags uint64) error {
+	a := elemAttr{fd: fd, key: uint64(uintptr(key)), value: uint64(uintptr(value)), flags: flags}
+	_, _, e := unix.Syscall(unix.SYS_BPF, cmd, uintptr(unsafe.Pointer(&a)), unsafe.Sizeof(a))
+	if e != 0 {
+		return e
+	}
+	return nil
+}
+
+// Insert gives the program flow id, found under the keys of its two
+// directions (k[0] from the client, k[1] from the backend).
+func (p *Path) Insert(id uint32, f *Flow, k *[2]Key) error {
+	f.Evicted = 0
+	if err := elem(cmdUpdate, p.flowsFD, unsafe.Pointer(&id), unsafe.Pointer(f), 0); err != nil {
+		if err == unix.E2BIG {
+			return ErrFull
+		}
+		return fmt.Errorf("fastpath: inserting flow %d: %w", id, err)
+	}
+	for d := range k {
+		r := ref{ID: id, Dir: uint32(d)}
+		if err := elem(cmdUpdate, p.keysFD, unsafe.Pointer(&k[d]), unsafe.Pointer(&r), 0); err != nil {
+			p.Remove(id, k)
+			if err == unix.E2BIG {
+				return ErrFull
+			}
+			return fmt.Errorf("fastpath: inserting a key of flow %d: %w", id, err)
+		}
+	}
+	return nil
+}
+
+// Take removes flow id from the program and returns it as it was at the
+// end: first the keys, so that no new segment finds it, then the flow,
+// read under its lock. A segment the program was forwarding as the keys
+// went can still update the flow after the read; a flow the program
+// evicted is still already (the engine takes evicted flows back when their
+// next segment reaches it, in the ring, well after that).
+func (p *Path) Take(id uint32, k *[2]Key, f *Flow) error {
+	for d := range k {
+		_ = elem(cmdDelete, p.keysFD, unsafe.Pointer(&k[d]), nil, 0)
+	}
+	err := elem(cmdLookup, p.flowsFD, unsafe.Pointer(&id), unsafe.Pointer(f), flagLock)
+	_ = elem(cmdDelete, p.flowsFD, unsafe.Pointer(&id), nil, 0)
+	if err != nil {
+		return fmt.Errorf("fastpath: reading flow %d: %w", id, err)
+	}
+	return nil
+}
+
+// Peek reads flow id under its lock, leaving it with the program.
+func (p *Path) Peek(id uint32, f *Flow) error {
+	if err := elem(cmdLookup, p.flowsFD, unsafe.Pointer(&id), unsafe.Pointer(f), flagLock); err != nil {
+		return fmt.Errorf("fastpath: reading flow %d: %w", id, err)
+	}
+	return nil
+}
+
+// Remove deletes flow id and its keys, whatever state they are in.
+func (p *Path) Remove(id uint32, k *[2]Key) {
+	for d := range k {
+		_ = elem(cmdDelete, p.keysFD, unsafe.Pointer(&k[d]), nil, 0)
+	}
+	_ = elem(cmdDelete, p.flowsFD, unsafe.Pointer(&id), nil, 0)
+}
+
+// Stats returns the program's counters, summed over CPUs, indexed by the
+// Stat* constants.
+func (p *Path) Stats() ([NumStats]uint64, error) {
+	var out [NumStats]uint64
+	var per []uint64
+	for i := uint32(0); i < NumStats; i++ {
+		if err := p.stats.Lookup(i, &per); err != nil {
+			return out, fmt.Errorf("fastpath: reading counter %d: %w", i, err)
+		}
+		for _, v := range per {
+			out[i] += v
+		}
+	}
+	return out, nil
+}
+
+// Monotonic returns CLOCK_MONOTONIC in nanoseconds, the clock of
+// Flow.LastNs.
+func Monotonic() int64 {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return ts.Nano()
+}

@@ -1,0 +1,379 @@
+package fastpath
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"golang.org/x/sys/unix"
+	"testing"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
+
+	"github.com/rawlb/rawlb/internal/testenv"
+)
+
+// The Go mirrors of the program's map values must have its layout: sizes
+// and field offsets from the object's BTF.
+func TestLayoutMatchesProgram(t *testing.T) {
+	spec, err := ebpf.LoadCollectionSpecFromReader(bytesReader(object))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name string
+		size uintptr
+		offs map[string]uintptr
+	}{
+		{"fp_key", unsafe.Sizeof(Key{}), map[string]uintptr{"sport": unsafe.Offsetof(Key{}.SrcPort)}},
+		{"fp_ref", unsafe.Sizeof(ref{}), nil},
+		{"fp_peer", unsafe.Sizeof(Peer{}), map[string]uintptr{"win": unsafe.Offsetof(Peer{}.Win), "flags": unsafe.Offsetof(Peer{}.Flags)}},
+		{"fp_dir", unsafe.Sizeof(Dir{}), map[string]uintptr{"ifindex": unsafe.Offsetof(Dir{}.Ifindex), "dmac": unsafe.Offsetof(Dir{}.DstMAC), "win_shift": unsafe.Offsetof(Dir{}.WinShift)}},
+		{"fp_flow", unsafe.Sizeof(Flow{}), map[string]uintptr{
+			"evicted": unsafe.Offsetof(Flow{}.Evicted), "peers": unsafe.Offsetof(Flow{}.Peers), "dir": unsafe.Offsetof(Flow{}.Dir),
+			"last_ns": unsafe.Offsetof(Flow{}.LastNs), "packets": unsafe.Offsetof(Flow{}.Packets), "bytes": unsafe.Offsetof(Flow{}.Bytes),
+			"ts_last": unsafe.Offsetof(Flow{}.TSLast), "seq_end": unsafe.Offsetof(Flow{}.SeqEnd), "note": unsafe.Offsetof(Flow{}.Note),
+		}},
+	} {
+		var s *btf.Struct
+		if err := spec.Types.TypeByName(c.name, &s); err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		if uintptr(s.Size) != c.size {
+			t.Errorf("%s: %d bytes in C, %d in Go", c.name, s.Size, c.size)
+		}
+		for _, m := range s.Members {
+			if off, ok := c.offs[m.Name]; ok && uintptr(m.Offset.Bytes()) != off {
+				t.Errorf("%s.%s: offset %d in C, %d in Go", c.name, m.Name, m.Offset.Bytes(), off)
+			}
+		}
+	}
+}
+
+// seg describes a test segment.
+type seg struct {
+	src, dst     [4]byte
+	sport, dport uint16
+	seq, ack     uint32
+	flags        uint8
+	win          uint16
+	ts           *[2]uint32 // NOP NOP TIMESTAMP
+	sack         bool       // a SACK block after the timestamps
+	payload      int
+}
+
+const (
+	fFIN = 0x01
+	fSYN = 0x02
+	fRST = 0x04
+	fPSH = 0x08
+	fACK = 0x10
+)
+
+var (
+	macClient = [6]byte{2, 0x52, 0x4c, 0, 0, 2}
+	macLB     = [6]byte{2, 0x52, 0x4c, 0, 0, 1}
+	macBE     = [6]byte{2, 0x52, 0x4c, 0, 0, 0x0b}
+	ipClient  = [4]byte{198, 18, 0, 2}
+	ipVIP     = [4]byte{198, 18, 0, 1}
+	ipBE      = [4]byte{198, 18, 0, 11}
+)
+
+// frame builds an Ethernet frame with valid checksums.
+func frame(s seg) []byte {
+	opt := 0
+	if s.ts != nil {
+		opt = 12
+	}
+	if s.sack {
+		opt += 12
+	}
+	tl := 20 + opt
+	b := make([]byte, 14+20+tl+s.payload)
+	copy(b[0:6], macLB[:])
+	copy(b[6:12], macClient[:])
+	binary.BigEndian.PutUint16(b[12:], 0x0800)
+	ip := b[14:]
+	ip[0], ip[8], ip[9] = 0x45, 64, 6
+	binary.BigEndian.PutUint16(ip[2:], uint16(20+tl+s.payload))
+	copy(ip[12:16], s.src[:])
+	copy(ip[16:20], s.dst[:])
+	binary.BigEndian.PutUint16(ip[10:], ^fold(sum(ip[:20], 0)))
+	tcp := ip[20:]
+	binary.BigEndian.PutUint16(tcp[0:], s.sport)
+	binary.BigEndian.PutUint16(tcp[2:], s.dport)
+	binary.BigEndian.PutUint32(tcp[4:], s.seq)
+	binary.BigEndian.PutUint32(tcp[8:], s.ack)
+	tcp[12] = byte(tl/4) << 4
+	tcp[13] = s.flags
+	binary.BigEndian.PutUint16(tcp[14:], s.win)
+	o := tcp[20:]
+	if s.ts != nil {
+		copy(o, []byte{1, 1, 8, 10})
+		binary.BigEndian.PutUint32(o[4:], s.ts[0])
+		binary.BigEndian.PutUint32(o[8:], s.ts[1])
+		o = o[12:]
+	}
+	if s.sack {
+		copy(o, []byte{1, 1, 5, 10})
+		binary.BigEndian.PutUint32(o[4:], s.ack+1000)
+		binary.BigEndian.PutUint32(o[8:], s.ack+2000)
+	}
+	for i := range s.payload {
+		tcp[tl+i] = byte(i * 7)
+	}
+	binary.BigEndian.PutUint16(tcp[16:], ^fold(sum(tcp, pseudo(ip))))
+	return b
+}
+
+func sum(b []byte, s uint32) uint32 {
+	for i := 0; i+1 < len(b); i += 2 {
+		s += uint32(b[i])<<8 | uint32(b[i+1])
+	}
+	if len(b)%2 == 1 {
+		s += uint32(b[len(b)-1]) << 8
+	}
+	return s
+}
+
+func fold(s uint32) uint16 {
+	for s > 0xffff {
+		s = s>>16 + s&0xffff
+	}
+	return uint16(s)
+}
+
+func pseudo(ip []byte) uint32 {
+	return sum(ip[12:20], 0) + 6 + uint32(binary.BigEndian.Uint16(ip[2:])-20)
+}
+
+// checksumsOK verifies a frame's IPv4 and TCP checksums the plain way.
+func checksumsOK(t *testing.T, b []byte) {
+	t.Helper()
+	ip := b[14:]
+	if fold(sum(ip[:20], 0)) != 0xffff {
+		t.Errorf("IPv4 checksum does not verify")
+	}
+	if fold(sum(ip[20:binary.BigEndian.Uint16(ip[2:])], pseudo(ip))) != 0xffff {
+		t.Errorf("TCP checksum does not verify")
+	}
+}
+
+const (
+	actOK       = 0 // TC_ACT_OK: up the stack, to the engine
+	actRedirect = 7 // TC_ACT_REDIRECT
+)
+
+// lab is a loaded program holding one flow: client 198.18.0.2:40000 to the
+// VIP 198.18.0.1:80, through NAT port 61000 to the backend 198.18.0.11:8080.
+type lab struct {
+	p    *Path
+	keys [2]Key
+	id   uint32
+}
+
+const (
+	cISN   = 1000
+	bISN   = 5000
+	seqOff = 0x10000 // SeqOff: client numbers as the backend sees them
+)
+
+func newLab(t *testing.T) *lab {
+	testenv.RequirePrivileged(t)
+	p, err := Load(Config{Flows: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	l := &lab{p: p, id: 7}
+	l.keys[0] = MakeKey(ipClient, 40000, ipVIP, 80)
+	l.keys[1] = MakeKey(ipBE, 8080, ipVIP, 61000)
+	var f Flow
+	// Established, each side has sent its SYN and acknowledged the
+	// other's; windows of 64 KiB unscaled.
+	f.Peers[0] = Peer{End: cISN + 1, MaxEnd: cISN + 1 + 65535, MaxWin: 65535, MaxAck: bISN + 1, Win: 65535, Flags: 4}
+	f.Peers[1] = Peer{End: bISN + 1, MaxEnd: bISN + 1 + 65535, MaxWin: 65535, MaxAck: cISN + 1, Win: 65535, Flags: 4}
+	f.Dir[0] = Dir{Src: ipVIP, Dst: ipBE, SrcPort: [2]byte{61000 >> 8, 61000 & 0xff}, DstPort: [2]byte{8080 >> 8, 8080 & 0xff},
+		SeqAdd: seqOff, TSvalAdd: 100, Ifindex: 3, DstMAC: macBE, SrcMAC: macLB}
+	f.Dir[1] = Dir{Src: ipVIP, Dst: ipClient, SrcPort: [2]byte{0, 80}, DstPort: [2]byte{40000 >> 8, 40000 & 0xff},
+		AckAdd: negate(seqOff), TSecrAdd: negate(100), Ifindex: 2, DstMAC: macClient, SrcMAC: macLB}
+	if err := p.Insert(l.id, &f, &l.keys); err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+func (l *lab) run(t *testing.T, b []byte) (uint32, []byte) {
+	t.Helper()
+	out := make([]byte, len(b)+256)
+	ret, err := l.p.prog.Run(&ebpf.RunOptions{Data: b, DataOut: out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ret, out[:len(b)]
+}
+
+func (l *lab) peek(t *testing.T) Flow {
+	t.Helper()
+	var f Flow
+	if err := l.p.Peek(l.id, &f); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func TestForwardsEstablishedSegments(t *testing.T) {
+	l := newLab(t)
+	// Client data with timestamps.
+	in := frame(seg{src: ipClient, dst: ipVIP, sport: 40000, dport: 80, seq: cISN + 1, ack: bISN + 1, flags: fACK | fPSH, win: 502,
+		ts: &[2]uint32{111, 222}, payload: 100})
+	ret, out := l.run(t, in)
+	if ret != actRedirect {
+		t.Fatalf("client data: action %d, want redirect", ret)
+	}
+	checksumsOK(t, out)
+	ip, tcp := out[14:], out[34:]
+	if [6]byte(out[0:6]) != macBE || [6]byte(out[6:12]) != macLB {
+		t.Errorf("MACs % x -> % x", out[6:12], out[0:6])
+	}
+	if [4]byte(ip[12:16]) != ipVIP || [4]byte(ip[16:20]) != ipBE {
+		t.Errorf("addresses %v -> %v", ip[12:16], ip[16:20])
+	}
+	if sp, dp := binary.BigEndian.Uint16(tcp), binary.BigEndian.Uint16(tcp[2:]); sp != 61000 || dp != 8080 {
+		t.Errorf("ports %d -> %d", sp, dp)
+	}
+	if s, a := binary.BigEndian.Uint32(tcp[4:]), binary.BigEndian.Uint32(tcp[8:]); s != cISN+1+seqOff || a != bISN+1 {
+		t.Errorf("seq %d ack %d, want %d %d", s, a, cISN+1+seqOff, bISN+1)
+	}
+	if tv, te := binary.BigEndian.Uint32(tcp[24:]), binary.BigEndian.Uint32(tcp[28:]); tv != 211 || te != 222 {
+		t.Errorf("timestamps %d %d, want 211 222", tv, te)
+	}
+	f := l.peek(t)
+	if f.Peers[0].End != cISN+1+100 || f.Packets[0] != 1 || f.Bytes[0] != uint64(len(in)-14) || f.LastNs == 0 {
+		t.Errorf("after client data: end %d packets %d bytes %d last %d", f.Peers[0].End, f.Packets[0], f.Bytes[0], f.LastNs)
+	}
+	if f.Note&NoteTS == 0 || f.TSLast != 211 || f.SeqEnd != cISN+1+100+seqOff {
+		t.Errorf("note toward the backend: ts %d (%d) seq end %d", f.TSLast, f.Note, f.SeqEnd)
+	}
+
+	// The backend's answer, acknowledging it (in its numbering).
+	in = frame(seg{src: ipBE, dst: ipVIP, sport: 8080, dport: 61000, seq: bISN + 1, ack: cISN + 1 + 100 + seqOff, flags: fACK, win: 509,
+		ts: &[2]uint32{999, 211}, payload: 1000})
+	ret, out = l.run(t, in)
+	if ret != actRedirect {
+		t.Fatalf("backend data: action %d, want redirect", ret)
+	}
+	checksumsOK(t, out)
+	tcp = out[34:]
+	if [4]byte(out[14+16:14+20]) != ipClient || binary.BigEndian.Uint16(tcp) != 80 || binary.BigEndian.Uint16(tcp[2:]) != 40000 {
+		t.Errorf("toward the client: %v:%d", out[30:34], binary.BigEndian.Uint16(tcp[2:]))
+	}
+	if a := binary.BigEndian.Uint32(tcp[8:]); a != cISN+1+100 {
+		t.Errorf("ack toward the client %d, want %d", a, cISN+1+100)
+	}
+	if te := binary.BigEndian.Uint32(tcp[28:]); te != 111 {
+		t.Errorf("TSecr toward the client %d, want 111", te)
+	}
+	f = l.peek(t)
+	if f.Peers[1].End != bISN+1+1000 || f.Peers[1].MaxAck != cISN+1+100 || f.Peers[0].MaxEnd != cISN+1+65535 {
+		t.Errorf("after backend data: backend end %d maxack %d, client maxend %d", f.Peers[1].End, f.Peers[1].MaxAck, f.Peers[0].MaxEnd)
+	}
+
+	// A retransmission of the client's data: forwarded, state as it was.
+	ret, _ = l.run(t, frame(seg{src: ipClient, dst: ipVIP, sport: 40000, dport: 80, seq: cISN + 1, ack: bISN + 1, flags: fACK, win: 502, payload: 100}))
+	if ret != actRedirect {
+		t.Errorf("retransmission: action %d, want redirect", ret)
+	}
+	if g := l.peek(t); g.Peers != f.Peers || g.Evicted != 0 {
+		t.Errorf("a retransmission changed the state: %+v -> %+v", f.Peers, g.Peers)
+	}
+}
+
+func TestGivesBackWhatItDoesNotForward(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		s    seg
+		why  uint32
+	}{
+		{"FIN", seg{seq: cISN + 1, ack: bISN + 1, flags: fACK | fFIN, win: 100}, EvictFlags},
+		{"RST", seg{seq: cISN + 1, ack: bISN + 1, flags: fRST, win: 0}, EvictFlags},
+		{"SYN", seg{seq: cISN, flags: fSYN, win: 100}, EvictFlags},
+		{"no ACK", seg{seq: cISN + 1, flags: fPSH, win: 100, payload: 10}, EvictFlags},
+		{"SACK", seg{seq: cISN + 1, ack: bISN + 1, flags: fACK, win: 100, ts: &[2]uint32{1, 2}, sack: true}, EvictOptions},
+		{"beyond the window", seg{seq: cISN + 1 + 70000, ack: bISN + 1, flags: fACK, win: 100, payload: 10}, EvictWindow},
+		{"acknowledging unsent data", seg{seq: cISN + 1, ack: bISN + 5000, flags: fACK, win: 100}, EvictWindow},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			l := newLab(t)
+			s := c.s
+			s.src, s.dst, s.sport, s.dport = ipClient, ipVIP, 40000, 80
+			in := frame(s)
+			ret, out := l.run(t, in)
+			if ret != actOK {
+				t.Fatalf("action %d, want OK (to the engine)", ret)
+			}
+			if string(out) != string(in) {
+				t.Errorf("the frame was changed on its way to the engine")
+			}
+			f := l.peek(t)
+			if f.Evicted != c.why {
+				t.Errorf("evicted %d, want %d", f.Evicted, c.why)
+			}
+			// Every later segment follows it, even one it would forward.
+			ret, _ = l.run(t, frame(seg{src: ipClient, dst: ipVIP, sport: 40000, dport: 80, seq: cISN + 1, ack: bISN + 1, flags: fACK, win: 100}))
+			if ret != actOK {
+				t.Errorf("a segment after the eviction: action %d, want OK", ret)
+			}
+			st, err := l.p.Stats()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st[StatPassed] == 0 || st[StatPackets] != 0 {
+				t.Errorf("counters %v", st)
+			}
+		})
+	}
+}
+
+func TestUnknownSegmentsPass(t *testing.T) {
+	l := newLab(t)
+	in := frame(seg{src: ipClient, dst: ipVIP, sport: 40001, dport: 80, seq: 1, ack: 1, flags: fACK, win: 100})
+	if ret, out := l.run(t, in); ret != actOK || string(out) != string(in) {
+		t.Errorf("another flow's segment: action %d, changed %v", ret, string(out) != string(in))
+	}
+	// The flow's segment cut short anywhere in its headers (the kernel's
+	// test run needs the IPv4 header): passed, never forwarded.
+	for n := 34; n < 54; n++ {
+		b := frame(seg{src: ipClient, dst: ipVIP, sport: 40000, dport: 80, seq: cISN + 1, ack: bISN + 1, flags: fACK, win: 100})[:n]
+		if ret, _ := l.run(t, b); ret == actRedirect {
+			t.Errorf("a %d-byte frame was forwarded", n)
+		}
+	}
+}
+
+func TestTakeReturnsTheState(t *testing.T) {
+	l := newLab(t)
+	l.run(t, frame(seg{src: ipClient, dst: ipVIP, sport: 40000, dport: 80, seq: cISN + 1, ack: bISN + 1, flags: fACK, win: 300, payload: 10}))
+	var f Flow
+	if err := l.p.Take(l.id, &l.keys, &f); err != nil {
+		t.Fatal(err)
+	}
+	if f.Peers[0].End != cISN+11 || f.Peers[0].Win != 300 {
+		t.Errorf("taken: %+v", f.Peers[0])
+	}
+	if err := l.p.Peek(l.id, &f); !errors.Is(err, errNotExist()) {
+		t.Errorf("the flow is still there after Take: %v", err)
+	}
+	in := frame(seg{src: ipClient, dst: ipVIP, sport: 40000, dport: 80, seq: cISN + 11, ack: bISN + 1, flags: fACK, win: 300})
+	if ret, _ := l.run(t, in); ret != actOK {
+		t.Errorf("after Take: action %d, want OK", ret)
+	}
+}
+
+func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }
+
+func errNotExist() error { return unix.ENOENT }
+
+// negate returns -v modulo 2^32, what the engine adds to take v off.
+func negate(v uint32) uint32 { return -v }
