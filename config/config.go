@@ -45,6 +45,9 @@ type Config struct {
 	RingFrames int
 	// Firewall installs the nftables rules and reserves NATPorts.
 	Firewall bool
+	// Fastpath forwards established flows in the kernel (package
+	// fastpath): a tc program on every interface rawlb listens on.
+	Fastpath bool
 	// StateDir holds the state that survives a restart.
 	StateDir string
 	// MaxFlows caps the flows tracked at once, over all services.

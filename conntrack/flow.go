@@ -175,6 +175,14 @@ type Flow struct {
 	// cookie flow, and CookieTS the TSval it sent with it.
 	Cookie, CookieTS uint32
 	idx              uint32 // slab slot
+
+	// FastRun and FastEvictions are the engine's fast-path bookkeeping:
+	// how many segments it forwarded itself since the flow was created or
+	// last came back from the fast path, and how often the fast path gave
+	// the flow back before its end (a flow that keeps coming back stays
+	// with the engine).
+	FastRun       uint16
+	FastEvictions uint8
 }
 
 // Flow flags.
@@ -184,6 +192,7 @@ const (
 	flagProxy                   // the handshake was completed with a SYN cookie
 	flagAssist                  // rawlb already sent the SYN again after a TIME_WAIT's ACK
 	flagEstablished             // the flow was Established at some time
+	flagOffload                 // the fast path has the flow (see Offloader)
 )
 
 // State returns the flow's state.

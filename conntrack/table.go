@@ -129,6 +129,7 @@ type Table struct {
 	cursor uint32 // where the next sweep starts
 
 	ports map[Endpoint]*natPorts
+	off   Offloader // nil: no fast path
 
 	// Read from other goroutines.
 	count    atomic.Int64
@@ -486,6 +487,12 @@ func (t *Table) Remove(f *Flow, now int64) {
 // unlink removes f from the maps and the counts, and frees its slot and
 // NAT port.
 func (t *Table) unlink(f *Flow, now int64) {
+	if f.flags&flagOffload != 0 {
+		if t.off != nil {
+			t.off.Release(f) // first: it brings the NAT port's memory up to date
+		}
+		f.flags &^= flagOffload
+	}
 	delete(t.fwd, f.Key)
 	delete(t.rev, f.ReverseKey())
 	if f.state.HalfOpen() {
@@ -544,6 +551,9 @@ func (t *Table) Sweep(now int64, budget int, j Judge) int {
 		t.cursor++
 		if f.state == StateNone {
 			continue
+		}
+		if f.flags&flagOffload != 0 && t.off != nil && t.expired(f, now) {
+			t.off.Refresh(f)
 		}
 		if t.expired(f, now) {
 			if j != nil {

@@ -138,6 +138,7 @@ type Path struct {
 	prog               *ebpf.Program
 	keys, flows, stats *ebpf.Map
 	keysFD, flowsFD    uint32
+	lateFD             uint32
 
 	mu    sync.Mutex
 	links map[int]link.Link
@@ -166,6 +167,7 @@ func Load(c Config) (*Path, error) {
 	p := &Path{coll: coll, prog: coll.Programs["rawlb_fastpath"], keys: coll.Maps["fp_keys"],
 		flows: coll.Maps["fp_flows"], stats: coll.Maps["fp_stats"], links: map[int]link.Link{}}
 	p.keysFD, p.flowsFD = uint32(p.keys.FD()), uint32(p.flows.FD())
+	p.lateFD = uint32(coll.Programs["rawlb_late"].FD())
 	return p, nil
 }
 
@@ -322,4 +324,49 @@ func Monotonic() int64 {
 	var ts unix.Timespec
 	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
 	return ts.Nano()
+}
+
+// runAttr is union bpf_attr for BPF_PROG_TEST_RUN.
+type runAttr struct {
+	progFD, retval, sizeIn, sizeOut uint32
+	dataIn, dataOut                 uint64
+	repeat, duration                uint32
+	ctxSizeIn, ctxSizeOut           uint32
+	ctxIn, ctxOut                   uint64
+	flags, cpu, batch               uint32
+	_                               uint32
+}
+
+const (
+	cmdTestRun  = 10
+	actRedirect = 7 // TC_ACT_REDIRECT
+)
+
+// MaxHeaders is the longest header RunLate takes: Ethernet, and IPv4 and
+// TCP with options.
+const MaxHeaders = 14 + 60 + 60
+
+// RunLate runs the program on a segment of an offloaded flow that reached
+// the engine anyway, because it was already in the ring when the flow
+// went: hdr is the frame's headers (Ethernet, IPv4, TCP with options),
+// ipLen the whole IP packet's length. The program tracks it in the live
+// maps and rewrites hdr in place as it would have rewritten the frame, and
+// RunLate reports whether it forwarded it; the engine then sends the frame
+// with these headers. The kernel runs the headers with the checksum as
+// complete: for a frame whose checksum is partial, the engine sets the
+// pseudo-header sum again.
+func (p *Path) RunLate(hdr []byte, ipLen int) (bool, error) {
+	if len(hdr) < 14 || len(hdr) > MaxHeaders || ipLen <= 0 {
+		return false, fmt.Errorf("fastpath: RunLate of %d header bytes, IP length %d", len(hdr), ipLen)
+	}
+	// struct __sk_buff up to mark: len and pkt_type must be 0.
+	ctx := [3]uint32{0, 0, uint32(ipLen)}
+	a := runAttr{progFD: p.lateFD, sizeIn: uint32(len(hdr)), sizeOut: uint32(len(hdr)),
+		dataIn: uint64(uintptr(unsafe.Pointer(&hdr[0]))), dataOut: uint64(uintptr(unsafe.Pointer(&hdr[0]))), repeat: 1,
+		ctxSizeIn: uint32(unsafe.Sizeof(ctx)), ctxIn: uint64(uintptr(unsafe.Pointer(&ctx[0])))}
+	_, _, e := unix.Syscall(unix.SYS_BPF, cmdTestRun, uintptr(unsafe.Pointer(&a)), unsafe.Sizeof(a))
+	if e != 0 {
+		return false, fmt.Errorf("fastpath: running the program: %w", e)
+	}
+	return a.retval == actRedirect, nil
 }

@@ -60,6 +60,7 @@ type seg struct {
 	win          uint16
 	ts           *[2]uint32 // NOP NOP TIMESTAMP
 	sack         bool       // a SACK block after the timestamps
+	mss          bool       // an MSS option (which no established segment carries)
 	payload      int
 }
 
@@ -88,6 +89,9 @@ func frame(s seg) []byte {
 	}
 	if s.sack {
 		opt += 12
+	}
+	if s.mss {
+		opt += 4
 	}
 	tl := 20 + opt
 	b := make([]byte, 14+20+tl+s.payload)
@@ -119,6 +123,10 @@ func frame(s seg) []byte {
 		copy(o, []byte{1, 1, 5, 10})
 		binary.BigEndian.PutUint32(o[4:], s.ack+1000)
 		binary.BigEndian.PutUint32(o[8:], s.ack+2000)
+		o = o[12:]
+	}
+	if s.mss {
+		copy(o, []byte{2, 4, 5, 0xb4})
 	}
 	for i := range s.payload {
 		tcp[tl+i] = byte(i * 7)
@@ -160,10 +168,7 @@ func checksumsOK(t *testing.T, b []byte) {
 	}
 }
 
-const (
-	actOK       = 0 // TC_ACT_OK: up the stack, to the engine
-	actRedirect = 7 // TC_ACT_REDIRECT
-)
+const actOK = 0 // TC_ACT_OK: up the stack, to the engine
 
 // lab is a loaded program holding one flow: client 198.18.0.2:40000 to the
 // VIP 198.18.0.1:80, through NAT port 61000 to the backend 198.18.0.11:8080.
@@ -280,6 +285,21 @@ func TestForwardsEstablishedSegments(t *testing.T) {
 		t.Errorf("after backend data: backend end %d maxack %d, client maxend %d", f.Peers[1].End, f.Peers[1].MaxAck, f.Peers[0].MaxEnd)
 	}
 
+	// The backend SACKs data of the client's beyond a hole: forwarded, the
+	// edges translated like the ACK, the highest one moving the window.
+	l.run(t, frame(seg{src: ipClient, dst: ipVIP, sport: 40000, dport: 80, seq: cISN + 101, ack: bISN + 1001, flags: fACK, win: 502, payload: 3000}))
+	sackIn := frame(seg{src: ipBE, dst: ipVIP, sport: 8080, dport: 61000, seq: bISN + 1001, ack: cISN + 1 + seqOff, flags: fACK, win: 509,
+		ts: &[2]uint32{1000, 211}, sack: true})
+	ret, out = l.run(t, sackIn)
+	if ret != actRedirect {
+		t.Fatalf("backend SACK: action %d, want redirect", ret)
+	}
+	checksumsOK(t, out)
+	if lft, r := binary.BigEndian.Uint32(out[34+36:]), binary.BigEndian.Uint32(out[34+40:]); lft != cISN+1+1000 || r != cISN+1+2000 {
+		t.Errorf("SACK block toward the client %d-%d, want %d-%d", lft, r, cISN+1+1000, cISN+1+2000)
+	}
+	f = l.peek(t)
+
 	// A retransmission of the client's data: forwarded, state as it was.
 	ret, _ = l.run(t, frame(seg{src: ipClient, dst: ipVIP, sport: 40000, dport: 80, seq: cISN + 1, ack: bISN + 1, flags: fACK, win: 502, payload: 100}))
 	if ret != actRedirect {
@@ -300,7 +320,7 @@ func TestGivesBackWhatItDoesNotForward(t *testing.T) {
 		{"RST", seg{seq: cISN + 1, ack: bISN + 1, flags: fRST, win: 0}, EvictFlags},
 		{"SYN", seg{seq: cISN, flags: fSYN, win: 100}, EvictFlags},
 		{"no ACK", seg{seq: cISN + 1, flags: fPSH, win: 100, payload: 10}, EvictFlags},
-		{"SACK", seg{seq: cISN + 1, ack: bISN + 1, flags: fACK, win: 100, ts: &[2]uint32{1, 2}, sack: true}, EvictOptions},
+		{"an MSS option", seg{seq: cISN + 1, ack: bISN + 1, flags: fACK, win: 100, mss: true}, EvictOptions},
 		{"beyond the window", seg{seq: cISN + 1 + 70000, ack: bISN + 1, flags: fACK, win: 100, payload: 10}, EvictWindow},
 		{"acknowledging unsent data", seg{seq: cISN + 1, ack: bISN + 5000, flags: fACK, win: 100}, EvictWindow},
 	} {

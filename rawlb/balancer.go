@@ -176,7 +176,7 @@ func New(cfg *config.Config, opts Options) (_ *Balancer, err error) {
 		opts.HandoffGrace = firewall.DefaultGrace
 	}
 	log := opts.Logger
-	if err := checkCapabilities(cfg.Firewall); err != nil {
+	if err := checkCapabilities(cfg.Firewall, cfg.Fastpath); err != nil {
 		return nil, err
 	}
 	if err := checkAddress(cfg.Address, cfg.Interfaces); err != nil {
@@ -311,7 +311,7 @@ func New(cfg *config.Config, opts Options) (_ *Balancer, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if b.socks, _, err = ring.OpenGroup(ring.Config{Frames: cfg.RingFrames, Filter: filter}, workers, prog); err != nil {
+	if b.socks, _, err = ring.OpenGroup(ring.Config{Frames: cfg.RingFrames, Filter: filter, IPOnly: cfg.Fastpath}, workers, prog); err != nil {
 		return nil, err
 	}
 	cleanup = append(cleanup, func() {
@@ -319,6 +319,12 @@ func New(cfg *config.Config, opts Options) (_ *Balancer, err error) {
 			s.Free()
 		}
 	})
+	if cfg.Fastpath {
+		if err := b.startFast(); err != nil {
+			return nil, err
+		}
+		cleanup = append(cleanup, func() { _ = b.dp.fast.path.Close() })
+	}
 	if st != nil {
 		b.takeOver(st)
 	}
@@ -734,6 +740,10 @@ func (b *Balancer) stopWorkers(wg *sync.WaitGroup) {
 // finish stops as mode says, after the workers stopped.
 func (b *Balancer) finish(mode StopMode) error {
 	var errs []error
+	b.stopFast() // the flows' state back from the kernel, before it is written
+	if b.dp.fast != nil {
+		errs = append(errs, b.dp.fast.path.Close())
+	}
 	switch mode {
 	case StopHandoff:
 		st := b.snapshot()

@@ -21,6 +21,7 @@ type collector struct {
 	beUp, beWeight, beFlows, beFlowsTotal, beBytes, bePackets   *prometheus.Desc
 	beChecks, beAdmin, svcFlows, svcUp                          *prometheus.Desc
 	resetsSent, guardActive, flowsByState                       *prometheus.Desc
+	fast                                                        fastDescs
 }
 
 func newCollector(b *Balancer) *collector {
@@ -29,6 +30,7 @@ func newCollector(b *Balancer) *collector {
 	}
 	return &collector{
 		b:              b,
+		fast:           newFastDescs(d),
 		packets:        d("packets_total", "Packets forwarded, by direction.", "direction"),
 		bytes:          d("bytes_total", "IP bytes forwarded, by direction.", "direction"),
 		drops:          d("drops_total", "Frames not forwarded, by reason.", "reason"),
@@ -76,6 +78,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		c.beWeight, c.beAdmin, c.beFlows, c.beFlowsTotal, c.beBytes, c.bePackets, c.beChecks, c.svcFlows, c.svcUp} {
 		ch <- d
 	}
+	c.fast.describe(ch)
 }
 
 var dirNames = [2]string{dirToBackend: "to_backend", dirToClient: "to_client"}
@@ -160,6 +163,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		gauge(c.flowsByState, float64(n), st.String())
 	}
+	c.fast.collect(b, counter, gauge)
 	counter(c.flowsCreated, ts.Created)
 	counter(c.flowsExpired, ts.Expired)
 	counter(c.quietReused, ts.NATQuietReused)

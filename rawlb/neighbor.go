@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"sync/atomic"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -29,6 +30,9 @@ type neighbors struct {
 	// allowed restricts next hops to these interfaces (the configuration's
 	// interfaces list); nil allows any.
 	allowed map[int]bool
+	// hopGen, with the fast path on, counts the next hops that changed
+	// (fastState.hopGen).
+	hopGen *atomic.Uint64
 }
 
 // route is what a frame to a backend needs: the interface and the address
@@ -135,6 +139,9 @@ func (n *neighbors) refresh(backends []*Backend) (changed bool) {
 			n.log.Info("next hop resolved", "service", b.Service.Name, "backend", b.Name, "addr", addr,
 				"next_hop", rt.via, "ifindex", rt.ifindex, "mac", net.HardwareAddr(dst[:]).String())
 			b.hop.Store(h)
+			if n.hopGen != nil {
+				n.hopGen.Add(1)
+			}
 			changed = changed || old == nil
 		}
 		// Reachable: whatever the refresh said before (unreachable, or

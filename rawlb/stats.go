@@ -73,5 +73,6 @@ type workerStats struct {
 	gsoFrames  atomic.Uint64 // frames forwarded as one GSO super-segment
 	bigFrames  atomic.Uint64 // frames larger than a ring slot (read from the socket queue)
 	resetFlows atomic.Uint64 // flows reset by rawlb (drain timeout, dead or disabled backend)
-	_          [64]byte      // keep the next worker's counters off this cache line
+	fast       fastStats
+	_          [64]byte // keep the next worker's counters off this cache line
 }

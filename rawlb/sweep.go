@@ -17,6 +17,9 @@ func (w *worker) housekeep() {
 	if r := w.dp.rates.Load(); r != nil && r != w.rates {
 		w.setRates(r)
 	}
+	if w.dp.fast != nil {
+		w.fastHousekeep()
+	}
 	budget := max(4096, w.table.Slots()/20)
 	w.table.Sweep(w.now, budget, w)
 	w.flush()

@@ -148,6 +148,16 @@ func (b *Balancer) TakeOver(child *handoff.Child) error {
 			return err
 		}
 	}
+	if b.cfg.Fastpath {
+		// The parent's sockets must be bound as the fast path needs
+		// them (ring.Config.IPOnly); a bind cannot change in a fanout
+		// group.
+		if ipOnly, err := b.socks[0].IPOnly(); err != nil || !ipOnly {
+			b.log.Warn("upgrade: the inherited ring sockets see frames before tc, so the fast path stays off; restart to turn it on")
+		} else if err := b.startFast(); err != nil {
+			return fmt.Errorf("upgrade: %w", err)
+		}
+	}
 	b.takeOver(st)
 	if b.cfg.Firewall {
 		if b.fw, err = b.startFirewall(b.cfg); err != nil {
@@ -192,6 +202,7 @@ func (b *Balancer) Upgrade(args []string) error {
 	// From here on the child takes over: stop forwarding and hand over.
 	stopped := time.Now()
 	b.stopWorkers(b.workersDone)
+	b.stopFast()
 	st := b.snapshot()
 	st.Written = stopped
 	for _, s := range b.socks {
@@ -230,5 +241,6 @@ func (b *Balancer) resume() {
 			b.fw = fw
 		}
 	}
+	b.resumeFast()
 	b.startWorkers(b.errc)
 }

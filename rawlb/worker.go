@@ -11,6 +11,7 @@ import (
 
 	"github.com/rawlb/rawlb/config"
 	"github.com/rawlb/rawlb/conntrack"
+	"github.com/rawlb/rawlb/fastpath"
 	"github.com/rawlb/rawlb/packet"
 	"github.com/rawlb/rawlb/ring"
 	"github.com/rawlb/rawlb/sched"
@@ -32,6 +33,7 @@ type dataplane struct {
 	cookieThreshold   atomic.Int64
 	rates             atomic.Pointer[config.RateLimits] // replaced by a reload
 	debug             bool                              // per-flow log lines, decided once at start
+	fast              *fastState                        // nil: every segment through the engine
 	log               *slog.Logger
 }
 
@@ -84,10 +86,22 @@ type worker struct {
 	guardOn     atomic.Bool // read by the control plane, for the log and metrics
 	stop        atomic.Bool
 	lastSendErr time.Time
+
+	// The fast path's (fast.go): flows to offload after this batch, and
+	// scratch space for the map values.
+	fastPending []pendingOffload
+	fastFlow    fastpath.Flow
+	fastKey     [2]fastpath.Key
+	fastHdr     [fastpath.MaxHeaders]byte
+	fastHopGen  uint64
 }
 
 func newWorker(id int, dp *dataplane, l link, table *conntrack.Table, batch int, stats *workerStats, rates config.RateLimits, workers int) *worker {
 	w := &worker{id: id, dp: dp, link: l, table: table, pkts: make([]ring.Packet, batch), out: make([]ring.Out, 0, 3*batch), stats: stats}
+	if dp.fast != nil {
+		w.fastPending = make([]pendingOffload, 0, batch)
+		table.SetOffloader(w)
+	}
 	w.gen = make([][]byte, 2*batch)
 	for i := range w.gen {
 		w.gen[i] = make([]byte, ring.VNetHdrLen+packet.MaxSegmentLen)
@@ -141,6 +155,9 @@ func (w *worker) batch(n int) {
 		w.handle(&w.pkts[i])
 	}
 	w.flush()
+	if len(w.fastPending) > 0 {
+		w.offloadPending()
+	}
 	w.link.Release(n)
 	if w.now >= w.nextSweep {
 		w.housekeep()
@@ -234,6 +251,9 @@ func (w *worker) fromClient(p *ring.Packet, f *packet.Frame, state packet.CsumSt
 	fl := w.table.LookupClient(key)
 	if fl == nil {
 		w.noFlowFromClient(p, f, key)
+		return
+	}
+	if fl.Offloaded() && w.fastSegment(p, f, fl, conntrack.FromClient, state) {
 		return
 	}
 	seg := segment(f.TCP)
@@ -480,6 +500,9 @@ func (w *worker) toBackend(p *ring.Packet, f *packet.Frame, fl *conntrack.Flow, 
 	st.packets[dirToBackend].Add(1)
 	st.bytes[dirToBackend].Add(uint64(len(f.IP)))
 	w.emit(p, f, h.ifindex, h.dst, h.src, dirToBackend)
+	if w.dp.fast != nil {
+		w.countForFast(fl)
+	}
 }
 
 // fromBackend handles a backend's segment: forwarded to its flow's client,
@@ -496,6 +519,9 @@ func (w *worker) fromBackend(p *ring.Packet, f *packet.Frame, state packet.CsumS
 			// without state): a RST frees it.
 			w.reset(p, f)
 		}
+		return
+	}
+	if fl.Offloaded() && w.fastSegment(p, f, fl, conntrack.FromBackend, state) {
 		return
 	}
 	seg := segment(f.TCP)
@@ -548,6 +574,9 @@ func (w *worker) toClient(p *ring.Packet, f *packet.Frame, fl *conntrack.Flow, s
 		st.bytes[dirToClient].Add(uint64(len(f.IP)))
 	}
 	w.emit(p, f, fl.ClientIf, fl.ClientMAC, fl.LocalMAC, dirToClient)
+	if w.dp.fast != nil {
+		w.countForFast(fl)
+	}
 }
 
 // shiftWindow rescales a window field by shift (negative: to the right),
@@ -624,6 +653,14 @@ func (w *worker) emit(p *ring.Packet, f *packet.Frame, ifindex int32, dst, src [
 	f.Eth.SetSource(src)
 	w.stats.packets[dir].Add(1)
 	w.stats.bytes[dir].Add(uint64(len(f.IP)))
+	w.out = append(w.out, ring.Out{Buf: p.Buf[:ring.VNetHdrLen+f.Len()], Ifindex: ifindex})
+}
+
+// emitRewritten queues a frame the fast path's program rewrote already
+// (fastSegment), counted there, not here.
+func (w *worker) emitRewritten(p *ring.Packet, f *packet.Frame, ifindex int32) {
+	vnet := p.VNet
+	vnet.SetFlags(vnet.Flags() &^ ring.VNetFlagDataValid)
 	w.out = append(w.out, ring.Out{Buf: p.Buf[:ring.VNetHdrLen+f.Len()], Ifindex: ifindex})
 }
 

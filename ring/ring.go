@@ -155,6 +155,11 @@ type Config struct {
 	Filter []bpf.RawInstruction
 	// QdiscBypass sends straight to the driver (PACKET_QDISC_BYPASS).
 	QdiscBypass bool
+	// IPOnly binds the socket to ETH_P_IP instead of ETH_P_ALL. The kernel
+	// hands a frame to ETH_P_ALL sockets before tc ingress runs and to
+	// ETH_P_IP ones after it (__netif_receive_skb_core), so only an IPOnly
+	// socket misses the frames a tc program redirected (package fastpath).
+	IPOnly bool
 }
 
 func (c *Config) defaults() {
@@ -251,6 +256,20 @@ func Inherit(fd int, c Config, head int) (*Socket, error) {
 	return s, nil
 }
 
+// IPOnly reports whether the socket is bound to ETH_P_IP (see
+// Config.IPOnly), for an inherited socket whose Config is not known.
+func (s *Socket) IPOnly() (bool, error) {
+	sa, err := unix.Getsockname(s.fd)
+	if err != nil {
+		return false, fmt.Errorf("ring: getsockname: %w", err)
+	}
+	ll, ok := sa.(*unix.SockaddrLinklayer)
+	if !ok {
+		return false, fmt.Errorf("ring: getsockname: not a packet socket")
+	}
+	return ll.Protocol == htons(unix.ETH_P_IP), nil
+}
+
 func (s *Socket) setup(c Config) error {
 	fd := s.fd
 	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_VERSION, unix.TPACKET_V2); err != nil {
@@ -287,7 +306,11 @@ func (s *Socket) setup(c Config) error {
 			return fmt.Errorf("ring: PACKET_QDISC_BYPASS: %w", err)
 		}
 	}
-	sa := &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: c.Ifindex}
+	proto := uint16(unix.ETH_P_ALL)
+	if c.IPOnly {
+		proto = unix.ETH_P_IP
+	}
+	sa := &unix.SockaddrLinklayer{Protocol: htons(proto), Ifindex: c.Ifindex}
 	if err := unix.Bind(fd, sa); err != nil {
 		return fmt.Errorf("ring: binding to interface %d: %w", c.Ifindex, err)
 	}

@@ -120,10 +120,11 @@ static __always_inline int after(__u32 a, __u32 b) { return (__s32)(b - a) < 0; 
 
 enum { WIN_OK, WIN_IGNORE, WIN_INVALID };
 
-// in_window is conntrack's inWindow for an ACK segment without SYN and
-// without SACK blocks on an established flow: the four bounds, then the
-// updates. Called with the flow's lock held.
-static __always_inline int in_window(struct fp_flow *fl, __u32 d, __u32 seq, __u32 len, __u32 ack, __u16 rawwin)
+// in_window is conntrack's inWindow for an ACK segment without SYN on an
+// established flow: the four bounds, then the updates. ack and sack are in
+// the receiver's numbering; sack is the highest SACK edge if above ack.
+// Called with the flow's lock held.
+static __always_inline int in_window(struct fp_flow *fl, __u32 d, __u32 seq, __u32 len, __u32 ack, __u32 sack, __u16 rawwin)
 {
 	struct fp_peer *snd = &fl->peers[d & 1], *rcv = &fl->peers[(d ^ 1) & 1];
 	__u32 end = seq + len;
@@ -134,16 +135,17 @@ static __always_inline int in_window(struct fp_flow *fl, __u32 d, __u32 seq, __u
 		return WIN_INVALID;
 	if (!before(seq, snd->maxend + 1))
 		return WIN_INVALID; // I (the engine decides about an overshoot)
-	if (!before(ack, rcv->end + 1))
+	if (!before(sack, rcv->end + 1))
 		return WIN_INVALID; // III
 	if (rcv->maxwin != 0 && !after(end, snd->end - rcv->maxwin - 1))
 		return WIN_IGNORE; // II: a retransmission of acknowledged data
-	if (!after(ack, rcv->end - maxack - 1))
+	if (!after(sack, rcv->end - maxack - 1))
 		return WIN_IGNORE; // IV: an overly delayed ACK
 
 	win <<= (snd->scale & 15);
-	if (snd->maxwin < win)
-		snd->maxwin = win;
+	__u32 swin = win + (sack - ack);
+	if (snd->maxwin < swin)
+		snd->maxwin = swin;
 	if (after(end, snd->end))
 		snd->end = end;
 	if (!(snd->flags & PEER_MAXACK) || after(ack, snd->maxack)) {
@@ -152,8 +154,8 @@ static __always_inline int in_window(struct fp_flow *fl, __u32 d, __u32 seq, __u
 	}
 	if (rcv->maxwin != 0 && after(end, snd->maxend))
 		rcv->maxwin += end - snd->maxend;
-	if (after(ack + win, rcv->maxend - 1)) {
-		rcv->maxend = ack + win;
+	if (after(sack + win, rcv->maxend - 1)) {
+		rcv->maxend = sack + win;
 		if (win == 0)
 			rcv->maxend++;
 	}
@@ -199,8 +201,12 @@ static __always_inline __u32 csum_fold32(__u32 sum)
 
 #define OPT_TS_CANON 0x0101080a // NOP NOP TIMESTAMP(10), the layout Linux and most stacks send
 
-SEC("tc")
-int rawlb_fastpath(struct __sk_buff *skb)
+#define PEER_SACKPERM 2 // conntrack's peerSACKPerm
+
+// handle is the program. ip_len is 0 for a frame as it arrives; for a
+// frame the engine runs through rawlb_late it is the frame's real IP
+// length, the frame being only its headers.
+static __always_inline int handle(struct __sk_buff *skb, __u32 ip_len)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
@@ -236,29 +242,75 @@ int rawlb_fastpath(struct __sk_buff *skb)
 		return evict(fl, EVICT_FLAGS, STAT_EVICT_FLAGS);
 	if (ihl != 20)
 		return evict(fl, EVICT_OPTIONS, STAT_EVICT_OPTIONS);
+
+	// Options: none; NOP NOP TIMESTAMP; and either followed by NOP NOP
+	// SACK with one to four blocks, the layouts Linux sends. Anything else
+	// goes to the engine, which reads any layout.
 	__u32 doff = tcp->doff * 4;
+	__u8 *opt = (void *)(tcp + 1);
 	__u32 *ts = 0;
-	if (doff == 32) {
-		ts = (void *)(tcp + 1);
-		if ((void *)(ts + 3) > data_end || *ts != bpf_htonl(OPT_TS_CANON))
+	__u32 o = 0;
+	if (doff >= 32) {
+		if ((void *)(opt + 12) > data_end)
 			return evict(fl, EVICT_OPTIONS, STAT_EVICT_OPTIONS);
-	} else if (doff != 20) {
-		// Anything else may hold SACK blocks, which the window check
-		// reads and the offsets would translate: the engine's job.
-		return evict(fl, EVICT_OPTIONS, STAT_EVICT_OPTIONS);
+		if (*(__u32 *)opt == bpf_htonl(OPT_TS_CANON)) {
+			ts = (__u32 *)opt + 1;
+			o = 12;
+		}
+	}
+	__u32 nsack = 0;
+	__u8 *sackp = opt + o;
+	if (doff != 20 + o) {
+		if ((void *)(sackp + 4) > data_end || sackp[0] != 1 || sackp[1] != 1 || sackp[2] != 5)
+			return evict(fl, EVICT_OPTIONS, STAT_EVICT_OPTIONS);
+		__u32 slen = sackp[3];
+		nsack = (slen - 2) / 8;
+		if (slen < 10 || slen != 2 + 8 * nsack || nsack > 4 || doff != 20 + o + 4 + 8 * nsack)
+			return evict(fl, EVICT_OPTIONS, STAT_EVICT_OPTIONS);
+		if ((void *)(sackp + 4 + 8 * nsack) > data_end)
+			return evict(fl, EVICT_OPTIONS, STAT_EVICT_OPTIONS);
 	}
 
 	// The IP length, not the frame's: a NIC's frame may carry Ethernet
 	// padding. A GSO frame above 64 KB (BIG TCP) says 0: then the skb's.
-	__u32 iplen = bpf_ntohs(ip->tot_len);
-	if (iplen == 0 && skb->gso_size)
-		iplen = skb->len - sizeof(*eth);
-	if (iplen < ihl + doff || iplen > skb->len - sizeof(*eth))
+	__u32 iplen = ip_len;
+	if (!iplen) {
+		iplen = bpf_ntohs(ip->tot_len);
+		if (iplen == 0 && skb->gso_size)
+			iplen = skb->len - sizeof(*eth);
+		if (iplen > skb->len - sizeof(*eth))
+			return evict(fl, EVICT_OPTIONS, STAT_EVICT_OPTIONS);
+	}
+	if (iplen < ihl + doff)
 		return evict(fl, EVICT_OPTIONS, STAT_EVICT_OPTIONS);
 	__u32 len = iplen - ihl - doff;
 	__u32 seq = bpf_ntohl(tcp->seq), ack = bpf_ntohl(tcp->ack_seq);
 	__u16 rawwin = bpf_ntohs(tcp->window);
 	__u32 seq2 = seq + dr->seq_add, ack2 = ack + dr->ack_add;
+
+	// SACK edges acknowledge the other side's bytes, like the ACK: the
+	// same translation, and the highest right edge counts as the ACK in
+	// the window check if the receiver allowed SACK.
+	__u32 tsum = 0;
+	__u32 sack = ack2;
+	int sackperm = fl->peers[(d ^ 1) & 1].flags & PEER_SACKPERM;
+	for (int i = 0; i < 4; i++) {
+		if (i >= nsack)
+			break;
+		__u32 *edge = (__u32 *)(sackp + 4 + 8 * i);
+		if ((void *)(edge + 2) > data_end)
+			return evict(fl, EVICT_OPTIONS, STAT_EVICT_OPTIONS);
+		__u32 l = bpf_ntohl(edge[0]) + dr->ack_add, r = bpf_ntohl(edge[1]) + dr->ack_add;
+		if (sackperm && after(r, sack))
+			sack = r;
+		if (dr->ack_add) {
+			__u32 nl = bpf_htonl(l), nr = bpf_htonl(r);
+			csum_add(&tsum, edge[0], nl);
+			csum_add(&tsum, edge[1], nr);
+			edge[0] = nl;
+			edge[1] = nr;
+		}
+	}
 
 	__u64 now = bpf_ktime_get_ns(); // no helper calls under the lock
 	bpf_spin_lock(&fl->lock);
@@ -267,11 +319,24 @@ int rawlb_fastpath(struct __sk_buff *skb)
 		count(STAT_PASSED, 1);
 		return TC_ACT_OK;
 	}
-	int v = in_window(fl, d, seq, len, ack2, rawwin);
+	int v = in_window(fl, d, seq, len, ack2, sack, rawwin);
 	if (v == WIN_INVALID) {
 		fl->evicted = EVICT_WINDOW;
 		bpf_spin_unlock(&fl->lock);
 		count(STAT_EVICT_WINDOW, 1);
+		// The SACK edges may have been rewritten already: put them back
+		// for the engine, which translates them itself.
+		if (dr->ack_add) {
+			for (int i = 0; i < 4; i++) {
+				if (i >= nsack)
+					break;
+				__u32 *edge = (__u32 *)(sackp + 4 + 8 * i);
+				if ((void *)(edge + 2) > data_end)
+					break;
+				edge[0] = bpf_htonl(bpf_ntohl(edge[0]) - dr->ack_add);
+				edge[1] = bpf_htonl(bpf_ntohl(edge[1]) - dr->ack_add);
+			}
+		}
 		return TC_ACT_OK;
 	}
 	if (v == WIN_OK)
@@ -280,7 +345,7 @@ int rawlb_fastpath(struct __sk_buff *skb)
 	fl->bytes[d] += iplen;
 	if (d == 0) {
 		if (ts) {
-			fl->ts_last = bpf_ntohl(ts[1]) + dr->tsval_add;
+			fl->ts_last = bpf_ntohl(ts[0]) + dr->tsval_add;
 			fl->note |= NOTE_TS;
 		}
 		if ((__s32)(seq2 + len - fl->seq_end) > 0)
@@ -293,7 +358,7 @@ int rawlb_fastpath(struct __sk_buff *skb)
 	// The rewrite. Sums of the changes: pseudo-header (addresses) and the
 	// rest of the TCP header, applied by the helpers, which know whether
 	// the checksum is partial (then only the pseudo-header part counts).
-	__u32 psum = 0, tsum = 0;
+	__u32 psum = 0;
 	csum_add(&psum, ip->saddr, dr->saddr);
 	csum_add(&psum, ip->daddr, dr->daddr);
 	__u32 oports = ((__u32)tcp->source << 16) | tcp->dest;
@@ -309,12 +374,12 @@ int rawlb_fastpath(struct __sk_buff *skb)
 	tcp->seq = nseq;
 	tcp->ack_seq = nack;
 	if (ts && (dr->tsval_add | dr->tsecr_add)) {
-		__u32 tv = bpf_htonl(bpf_ntohl(ts[1]) + dr->tsval_add);
-		__u32 te = bpf_htonl(bpf_ntohl(ts[2]) + dr->tsecr_add);
-		csum_add(&tsum, ts[1], tv);
-		csum_add(&tsum, ts[2], te);
-		ts[1] = tv;
-		ts[2] = te;
+		__u32 tv = bpf_htonl(bpf_ntohl(ts[0]) + dr->tsval_add);
+		__u32 te = bpf_htonl(bpf_ntohl(ts[1]) + dr->tsecr_add);
+		csum_add(&tsum, ts[0], tv);
+		csum_add(&tsum, ts[1], te);
+		ts[0] = tv;
+		ts[1] = te;
 	}
 	if (dr->win_shift) {
 		__u32 w = rawwin;
@@ -346,6 +411,25 @@ int rawlb_fastpath(struct __sk_buff *skb)
 	count(STAT_PACKETS, 1);
 	count(STAT_BYTES, iplen);
 	return bpf_redirect(ifindex, 0);
+}
+
+SEC("tc")
+int rawlb_fastpath(struct __sk_buff *skb)
+{
+	return handle(skb, 0);
+}
+
+// rawlb_late is never attached: the engine runs it (BPF_PROG_TEST_RUN) on
+// the headers of a segment that was already in the ring when its flow went
+// to the kernel, with the segment's real IP length in mark, so that the
+// segment is tracked and rewritten in the same maps as the ones around it.
+SEC("tc")
+int rawlb_late(struct __sk_buff *skb)
+{
+	__u32 len = skb->mark;
+	if (len == 0)
+		return TC_ACT_OK;
+	return handle(skb, len);
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -1,0 +1,84 @@
+package rawlb_test
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"io"
+	"testing"
+	"time"
+
+	"github.com/rawlb/rawlb/internal/netlab"
+)
+
+// The fast path (-fastpath, package fastpath): established flows forwarded
+// by a tc program in the balancer's kernel, taken back by rawlb for their
+// end.
+
+// csumErrors sums the TCP checksum errors the hosts' kernels counted.
+func csumErrors(t *testing.T, hosts ...*netlab.Host) int64 {
+	var n int64
+	for _, h := range hosts {
+		n += h.Snmp(t)["Tcp.InCsumErrors"]
+	}
+	return n
+}
+
+// TestFastpathTransfers moves 64 MiB each way through the fast path: the
+// bytes arrive intact (SHA-256 at both ends), no receiving kernel saw a bad
+// checksum, nearly every packet went through the kernel, and both flows
+// came back to rawlb for their FINs and ended.
+func TestFastpathTransfers(t *testing.T) {
+	t.Parallel()
+	s := start(t, "-fastpath", "-closing-timeout", "2s")
+	hosts := append([]*netlab.Host{s.lab.Client}, s.lab.Backends...)
+	csumBefore := csumErrors(t, hosts...)
+	const size = 64 << 20
+	c, name := s.dial(t)
+	sum, got, err := netlab.Get(c, size)
+	c.Close()
+	if err != nil || got != size {
+		t.Fatalf("GET %d bytes from %s: got %d, %v", size, name, got, err)
+	}
+	if sum != netlab.ExpectedGET(size) {
+		t.Fatalf("64 MiB from %s arrived with a different SHA-256", name)
+	}
+	c, name = s.dial(t)
+	h := sha256.New()
+	put, err := netlab.Put(c, io.TeeReader(netlab.GETStream(size), h), size)
+	c.Close()
+	if err != nil {
+		t.Fatalf("PUT to %s: %v", name, err)
+	}
+	if want := hex.EncodeToString(h.Sum(nil)); put != want {
+		t.Fatalf("64 MiB reached %s with SHA-256 %s, want %s", name, put, want)
+	}
+
+	// Both flows end: their FINs bring them back (reason "flags"), and the
+	// table empties after the closing timeout.
+	netlab.WaitFor(t, 10*time.Second, "both flows back from the fast path and gone", func() bool {
+		return s.metric(t, "rawlb_fastpath_flows") == 0 && s.metric(t, "rawlb_fastpath_returns_total", "reason", "flags") >= 2 &&
+			s.metric(t, "rawlb_flows_active") == 0
+	})
+	if n := s.metric(t, "rawlb_fastpath_offloads_total"); n != 2 {
+		t.Errorf("%v flows offloaded, want the 2 transfers", n)
+	}
+	// Once a flow is back, rawlb_packets_total counts its packets from
+	// both paths.
+	fast := s.metric(t, "rawlb_fastpath_packets_total")
+	all := s.metric(t, "rawlb_packets_total", "direction", "to_backend") + s.metric(t, "rawlb_packets_total", "direction", "to_client")
+	t.Logf("packets: %v, %v of them by the fast path, %v run through it late; returns: flags %v, options %v, window %v, engine %v",
+		all, fast, s.metric(t, "rawlb_fastpath_late_total"),
+		s.metric(t, "rawlb_fastpath_returns_total", "reason", "flags"), s.metric(t, "rawlb_fastpath_returns_total", "reason", "options"),
+		s.metric(t, "rawlb_fastpath_returns_total", "reason", "window"), s.metric(t, "rawlb_fastpath_returns_total", "reason", "engine"))
+	if fast < 0.9*all {
+		t.Errorf("only %v of %v packets went through the fast path", fast, all)
+	}
+	if n := csumErrors(t, hosts...) - csumBefore; n != 0 {
+		t.Errorf("%d TCP checksum errors at the client and backends", n)
+	}
+	for _, b := range s.backends {
+		if a := b.Active(); a != 0 {
+			t.Errorf("%s still has %d connections open", b.Name(), a)
+		}
+	}
+}

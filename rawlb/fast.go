@@ -1,0 +1,392 @@
+package rawlb
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/rawlb/rawlb/conntrack"
+	"github.com/rawlb/rawlb/fastpath"
+	"github.com/rawlb/rawlb/packet"
+	"github.com/rawlb/rawlb/ring"
+)
+
+// The engine's side of the fast path (package fastpath): which flows go to
+// the kernel, and taking them back.
+//
+// A flow goes once it is established and the engine has forwarded
+// fastAfter of its segments: a connection that carries one request and
+// closes (about ten segments, four of them after the handshake) never pays
+// the three map updates and the take-back. It goes after the batch that
+// decided it was sent, so that no segment the program forwards overtakes one
+// still queued here. It comes back when the program evicts it (its next
+// segment, in the ring, finds it offloaded), when the table removes it,
+// when a next hop changes, and before a hand-off.
+
+// fastAfter is how many segments of an established flow the engine
+// forwards itself before offloading it.
+const fastAfter = 16
+
+// fastMaxEvictions is how often a flow may come back early (options the
+// program does not read, a window it refuses) before it stays with the
+// engine: a flow that keeps coming back would pay the map updates for
+// nothing.
+const fastMaxEvictions = 8
+
+// fastState is what the dataplane knows of the fast path.
+type fastState struct {
+	path *fastpath.Path
+	// ifs are the interfaces the program is attached to, fixed before the
+	// workers start: a flow whose client or backend is behind another
+	// interface stays with the engine.
+	ifs map[int32]bool
+	// hopGen counts next-hop changes: the program has the MACs of the hop
+	// a flow was offloaded with, so a worker that sees it move takes back
+	// its flows (they go again with the new hop).
+	hopGen atomic.Uint64
+}
+
+// fastStats are a worker's fast-path counters.
+type fastStats struct {
+	offloads  atomic.Uint64
+	failed    atomic.Uint64    // offloads the map refused (full)
+	back      [4]atomic.Uint64 // flows taken back, by fastpath.Evict* reason (0: by the engine)
+	offloaded atomic.Int64     // flows the program has now
+	late      atomic.Uint64    // segments that were in the ring when their flow went, run through the program
+}
+
+// pendingOffload is a flow decided for the fast path in this batch.
+type pendingOffload struct {
+	fl  *conntrack.Flow
+	key conntrack.ClientKey // the slot may hold another flow by the time it goes
+}
+
+// startFast loads the program and attaches it to every interface that is
+// up, is not a loopback and is allowed (cfg.Interfaces).
+func startFast(flows int, allowed map[int]bool) (*fastState, []string, error) {
+	p, err := fastpath.Load(fastpath.Config{Flows: flows})
+	if err != nil {
+		return nil, nil, err
+	}
+	ifaces, err := net.Interfaces()
+	if err != nil {
+		p.Close()
+		return nil, nil, fmt.Errorf("fastpath: listing interfaces: %w", err)
+	}
+	fs := &fastState{path: p, ifs: map[int32]bool{}}
+	var names []string
+	for _, ifc := range ifaces {
+		if ifc.Flags&net.FlagUp == 0 || ifc.Flags&net.FlagLoopback != 0 || allowed != nil && !allowed[ifc.Index] {
+			continue
+		}
+		if err := p.Attach(ifc.Index); err != nil {
+			p.Close()
+			return nil, nil, err
+		}
+		fs.ifs[int32(ifc.Index)] = true
+		names = append(names, ifc.Name)
+	}
+	if len(names) == 0 {
+		p.Close()
+		return nil, nil, errors.New("fastpath: no interface to attach to (up, not a loopback)")
+	}
+	return fs, names, nil
+}
+
+// startFast loads the fast path (cfg.Fastpath) and attaches it; the
+// workers are made after it.
+func (b *Balancer) startFast() error {
+	fs, names, err := startFast(fastFlows, b.nb.allowed)
+	if err != nil {
+		return err
+	}
+	b.dp.fast = fs
+	b.nb.hopGen = &fs.hopGen
+	b.log.Info("fastpath: forwarding established flows in the kernel", "interfaces", names, "max_flows", fastFlows)
+	return nil
+}
+
+// fastFlows is how many flows the fast path holds at once (its maps take
+// about 300 bytes a flow, 20 MB for this many, allocated up front).
+// Beyond it, flows stay with the engine.
+const fastFlows = 65536
+
+// fastKeys fills w.fastKeys with fl's two directions as their segments
+// arrive.
+func (w *worker) fastKeys(fl *conntrack.Flow) *[2]fastpath.Key {
+	k := &w.fastKey
+	k[0] = fastpath.MakeKey(fl.Key.Client.IP, fl.Key.Client.Port, fl.Key.VIP.IP, fl.Key.VIP.Port)
+	k[1] = fastpath.MakeKey(fl.BackendAddr.IP, fl.BackendAddr.Port, w.dp.natSrc, fl.NATPort)
+	return k
+}
+
+// countForFast counts a segment the engine forwarded for fl, and queues
+// fl for the fast path when it is due.
+func (w *worker) countForFast(fl *conntrack.Flow) {
+	if fl.State() != conntrack.StateEstablished || fl.Offloaded() || fl.FastEvictions >= fastMaxEvictions {
+		return
+	}
+	fl.FastRun++
+	if fl.FastRun == fastAfter && len(w.fastPending) < cap(w.fastPending) {
+		w.fastPending = append(w.fastPending, pendingOffload{fl: fl, key: fl.Key})
+	}
+}
+
+// offloadPending offloads the flows queued in this batch, whose segments
+// have been sent.
+func (w *worker) offloadPending() {
+	for i := range w.fastPending {
+		p := &w.fastPending[i]
+		if fl := p.fl; fl.State() == conntrack.StateEstablished && fl.Key == p.key && !fl.Offloaded() {
+			w.offload(fl)
+		}
+		p.fl = nil
+	}
+	w.fastPending = w.fastPending[:0]
+}
+
+// offload gives fl to the program: its windows as tracked so far, and how
+// each direction is rewritten, as toBackend and toClient do it.
+func (w *worker) offload(fl *conntrack.Flow) {
+	fs := w.dp.fast
+	_, h := w.hopOf(fl)
+	if h == nil || !fs.ifs[h.ifindex] || !fs.ifs[fl.ClientIf] {
+		return
+	}
+	id, ok := w.table.FlowID(fl)
+	if !ok {
+		return
+	}
+	v := &w.fastFlow
+	*v = fastpath.Flow{}
+	v.Peers[0] = fastpath.Peer(fl.Window(conntrack.FromClient))
+	v.Peers[1] = fastpath.Peer(fl.Window(conntrack.FromBackend))
+	k := w.fastKeys(fl)
+	// Each direction's new addresses and ports are the reverse of the
+	// other direction's key.
+	v.Dir[0] = fastpath.Dir{Src: k[1].Dst, Dst: k[1].Src, SrcPort: k[1].DstPort, DstPort: k[1].SrcPort,
+		SeqAdd: fl.SeqOff, AckAdd: -fl.BSeqOff, TSvalAdd: fl.TSOff, TSecrAdd: -fl.BTSOff,
+		Ifindex: uint32(h.ifindex), DstMAC: h.dst, SrcMAC: h.src}
+	v.Dir[1] = fastpath.Dir{Src: k[0].Dst, Dst: k[0].Src, SrcPort: k[0].DstPort, DstPort: k[0].SrcPort,
+		SeqAdd: fl.BSeqOff, AckAdd: -fl.SeqOff, TSvalAdd: fl.BTSOff, TSecrAdd: -fl.TSOff, WinShift: fl.WinShift,
+		Ifindex: uint32(fl.ClientIf), DstMAC: fl.ClientMAC, SrcMAC: fl.LocalMAC}
+	ts, hasTS, seqEnd := fl.BackendNote()
+	v.TSLast, v.SeqEnd = ts, seqEnd
+	if hasTS {
+		v.Note = fastpath.NoteTS
+	}
+	v.LastNs = uint64(fastpath.Monotonic())
+	if err := fs.path.Insert(id, v, k); err != nil {
+		w.stats.fast.failed.Add(1)
+		return
+	}
+	fl.SetOffloaded(true)
+	w.stats.fast.offloads.Add(1)
+	w.stats.fast.offloaded.Add(1)
+}
+
+// fastSegment handles a segment of an offloaded flow that reached the
+// engine, from direction d, and reports whether it is done with it. Either
+// the program gave the flow back (this is the first segment it did not
+// forward, or one after it): the flow is taken back and the caller tracks
+// the segment. Or the segment was in the ring before the flow went (the
+// ACKs a receiver sent while the engine's last batch was being sent are
+// always there, and a busy sender's next segments): the program runs on its
+// headers, through the same maps, and the engine sends the frame with what
+// it rewrote, so the fast path's state stays whole and the flow stays.
+func (w *worker) fastSegment(p *ring.Packet, f *packet.Frame, fl *conntrack.Flow, d conntrack.Direction, state packet.CsumState) bool {
+	hl := len(f.Eth) + f.IP.HeaderLen() + f.TCP.HeaderLen()
+	if hl <= fastpath.MaxHeaders {
+		hdr := w.fastHdr[:hl]
+		copy(hdr, p.Frame[:hl])
+		fwd, err := w.dp.fast.path.RunLate(hdr, len(f.IP))
+		if err == nil && fwd {
+			copy(p.Frame[:hl], hdr)
+			if state == packet.CsumPartial {
+				f.SetPseudoChecksum() // the program summed it as complete
+			}
+			w.stats.fast.late.Add(1)
+			ifindex := fl.ClientIf
+			if d == conntrack.FromClient {
+				_, h := w.hopOf(fl)
+				if h == nil {
+					w.drop(dropNoNeighbor)
+					return true
+				}
+				ifindex = h.ifindex
+			}
+			w.emitRewritten(p, f, ifindex)
+			return true
+		}
+	}
+	w.takeBack(fl)
+	return false
+}
+
+// takeBack takes fl back from the program: its windows, last-seen time,
+// what it sent the backend, and its counters.
+func (w *worker) takeBack(fl *conntrack.Flow) {
+	fs := w.dp.fast
+	fl.SetOffloaded(false)
+	fl.FastRun = 0
+	w.stats.fast.offloaded.Add(-1)
+	id, _ := w.table.FlowID(fl)
+	v := &w.fastFlow
+	if err := fs.path.Take(id, w.fastKeys(fl), v); err != nil {
+		// Cannot happen while rawlb alone owns the maps; the flow goes on
+		// with the windows it had when it went.
+		w.dp.log.Warn("taking a flow back from the fast path failed", "flow", fl.String(), "err", err)
+		return
+	}
+	fl.SetWindow(conntrack.FromClient, conntrack.PeerState(v.Peers[0]))
+	fl.SetWindow(conntrack.FromBackend, conntrack.PeerState(v.Peers[1]))
+	fl.NoteToBackend(v.TSLast, v.Note&fastpath.NoteTS != 0, v.SeqEnd)
+	w.fastLastSeen(fl, v.LastNs)
+	if v.Evicted != fastpath.EvictFlags {
+		fl.FastEvictions++
+	}
+	w.stats.fast.back[v.Evicted&3].Add(1)
+	for d := range 2 {
+		w.stats.packets[d].Add(v.Packets[d])
+		w.stats.bytes[d].Add(v.Bytes[d])
+	}
+	if be := w.reg.backends[fl.Backend]; be != nil {
+		st := &be.stats[w.id]
+		for d := range 2 {
+			st.packets[d].Add(v.Packets[d])
+			st.bytes[d].Add(v.Bytes[d])
+		}
+	}
+}
+
+// fastLastSeen moves fl.LastSeen up to the program's last segment.
+func (w *worker) fastLastSeen(fl *conntrack.Flow, lastNs uint64) {
+	if lastNs == 0 {
+		return
+	}
+	if ls := w.now - (fastpath.Monotonic() - int64(lastNs)); ls > fl.LastSeen {
+		fl.LastSeen = ls
+	}
+}
+
+// Release implements conntrack.Offloader.
+func (w *worker) Release(fl *conntrack.Flow) { w.takeBack(fl) }
+
+// Refresh implements conntrack.Offloader.
+func (w *worker) Refresh(fl *conntrack.Flow) {
+	id, _ := w.table.FlowID(fl)
+	if err := w.dp.fast.path.Peek(id, &w.fastFlow); err == nil {
+		w.fastLastSeen(fl, w.fastFlow.LastNs)
+	}
+}
+
+// takeBackAll takes back every flow the program has of this worker's.
+func (w *worker) takeBackAll() {
+	w.table.Range(func(fl *conntrack.Flow) {
+		if fl.Offloaded() {
+			w.takeBack(fl)
+		}
+	})
+}
+
+// fastHousekeep runs between batches: flows offloaded with a next hop that
+// has changed since come back.
+func (w *worker) fastHousekeep() {
+	if g := w.dp.fast.hopGen.Load(); g != w.fastHopGen {
+		w.fastHopGen = g
+		w.takeBackAll()
+	}
+}
+
+// stopFast detaches the program and takes every flow back, with the
+// workers stopped: what a hand-off or a stop needs before the flows are
+// written down.
+func (b *Balancer) stopFast() {
+	fs := b.dp.fast
+	if fs == nil {
+		return
+	}
+	if err := fs.path.Detach(); err != nil {
+		b.log.Warn("fastpath: detaching", "err", err)
+	}
+	for _, w := range b.workers {
+		w.begin()
+		w.takeBackAll()
+	}
+}
+
+// resumeFast attaches the program again after a failed upgrade.
+func (b *Balancer) resumeFast() {
+	fs := b.dp.fast
+	if fs == nil {
+		return
+	}
+	for i := range fs.ifs {
+		if err := fs.path.Attach(int(i)); err != nil {
+			b.log.Warn("fastpath: attaching again", "err", err)
+		}
+	}
+}
+
+// fastDescs are the fast path's metrics, exported only while it is on.
+type fastDescs struct {
+	packets, bytes, offloads, failed, back, flows, passed, ignored, late *prometheus.Desc
+}
+
+func newFastDescs(d func(name, help string, labels ...string) *prometheus.Desc) fastDescs {
+	return fastDescs{
+		packets:  d("fastpath_packets_total", "Packets the kernel fast path forwarded (not in rawlb_packets_total until their flow comes back)."),
+		bytes:    d("fastpath_bytes_total", "IP bytes the kernel fast path forwarded."),
+		offloads: d("fastpath_offloads_total", "Flows handed to the kernel fast path."),
+		failed:   d("fastpath_offload_failures_total", "Offloads refused because the fast path held its most flows."),
+		back:     d("fastpath_returns_total", "Flows taken back from the fast path, by reason: flags (SYN, FIN, RST), options, window, engine (removed, hand-off, next hop changed).", "reason"),
+		flows:    d("fastpath_flows", "Flows the kernel fast path holds."),
+		passed:   d("fastpath_passed_total", "Segments of flows the fast path had given back, passed to rawlb."),
+		late:     d("fastpath_late_total", "Segments that were in the ring when their flow went to the fast path, run through its program by rawlb."),
+		ignored:  d("fastpath_ignored_total", "Segments the fast path forwarded without a state change (retransmissions, old ACKs), as conntrack does."),
+	}
+}
+
+func (f *fastDescs) describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{f.packets, f.bytes, f.offloads, f.failed, f.back, f.flows, f.passed, f.ignored, f.late} {
+		ch <- d
+	}
+}
+
+// fastReturnNames labels fastStats.back, by fastpath.Evict* value.
+var fastReturnNames = [4]string{0: "engine", fastpath.EvictFlags: "flags", fastpath.EvictOptions: "options", fastpath.EvictWindow: "window"}
+
+func (f *fastDescs) collect(b *Balancer, counter func(*prometheus.Desc, uint64, ...string), gauge func(*prometheus.Desc, float64, ...string)) {
+	fs := b.dp.fast
+	if fs == nil {
+		return
+	}
+	var offloads, failed, late uint64
+	var back [4]uint64
+	var flows int64
+	for _, w := range b.stats {
+		offloads += w.fast.offloads.Load()
+		failed += w.fast.failed.Load()
+		late += w.fast.late.Load()
+		flows += w.fast.offloaded.Load()
+		for i := range back {
+			back[i] += w.fast.back[i].Load()
+		}
+	}
+	counter(f.offloads, offloads)
+	counter(f.failed, failed)
+	counter(f.late, late)
+	gauge(f.flows, float64(flows))
+	for i, name := range fastReturnNames {
+		counter(f.back, back[i], name)
+	}
+	if st, err := fs.path.Stats(); err == nil {
+		counter(f.packets, st[fastpath.StatPackets])
+		counter(f.bytes, st[fastpath.StatBytes])
+		counter(f.passed, st[fastpath.StatPassed])
+		counter(f.ignored, st[fastpath.StatIgnored])
+	}
+}
