@@ -32,7 +32,7 @@ TESTPROGRESS = $(GO) run ./internal/testprogress -go $(GO) --
 # unprivileged tests need none of it. A stamp in a bin/ that this run
 # created goes to the sudo user, so a later `make build` can write there.
 DEPS_STAMP    := $(BIN)/.deps-ok
-DEPS_COMMANDS := ip bridge nft iptables ethtool gcc git curl iperf3 wrk
+DEPS_COMMANDS := ip bridge nft iptables ethtool gcc git curl iperf3 wrk clang
 .PHONY: deps
 deps:
 	@PATH="$$PATH:/usr/sbin:/sbin"; missing=; \
@@ -78,10 +78,23 @@ test-unit: test-race
 check-deploy:
 	RAWLB_DEPLOY_CHECKS=1 $(TESTPROGRESS) -count=1 ./deploy
 
-lint:
+lint: check-fastpath
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.6.1 ./...
+
+# The fast path's eBPF object is committed (fastpath/fastpath_bpfel.o), so a
+# build needs no clang. `make fastpath` rebuilds it from
+# fastpath/bpf/fastpath.c; check-fastpath (part of lint) fails if the
+# committed object is not what the source gives. The debug prefix map keeps
+# the checkout's path out of the object's BTF.
+BPF_CFLAGS := -O2 -g -target bpf -Wall -Werror -I/usr/include/$(shell uname -m)-linux-gnu -fdebug-prefix-map=$(CURDIR)=.
+.PHONY: fastpath check-fastpath
+fastpath:
+	clang $(BPF_CFLAGS) -c fastpath/bpf/fastpath.c -o fastpath/fastpath_bpfel.o
+check-fastpath:
+	@tmp=$$(mktemp); clang $(BPF_CFLAGS) -c fastpath/bpf/fastpath.c -o $$tmp && cmp -s $$tmp fastpath/fastpath_bpfel.o; rc=$$?; rm -f $$tmp; \
+	if [ $$rc != 0 ]; then echo "fastpath/fastpath_bpfel.o is not what fastpath/bpf/fastpath.c gives: run make fastpath"; exit 1; fi
 
 # Short fuzz runs of every fuzz target (the seed corpus always runs in `make test`).
 fuzz:

@@ -54,7 +54,7 @@ services:
       - {name: s1, address: 198.18.0.11:8080}
 `, `rawlb.yaml:1: adress: unknown key "adress"; did you mean "address"?`},
 	{"unknown key camel case", base + "maxFlows: 10\n", `rawlb.yaml:7: maxFlows: unknown key "maxFlows"; did you mean "max_flows"?`},
-	{"unknown key without suggestion", base + "colour: red\n", `rawlb.yaml:7: colour: unknown key "colour"; known keys here: address, interfaces, nat_ports, metrics, pprof, log_level, workers, ring_frames, firewall, state_dir, max_flows, max_flows_per_client, syn_cookies, syn_cookie_threshold, rate_limits, timeouts, services`},
+	{"unknown key without suggestion", base + "colour: red\n", `rawlb.yaml:7: colour: unknown key "colour"; known keys here: address, interfaces, nat_ports, metrics, pprof, log_level, workers, ring_frames, firewall, fastpath, state_dir, max_flows, max_flows_per_client, syn_cookies, syn_cookie_threshold, rate_limits, timeouts, services`},
 	{"unknown backend key", `address: 198.18.0.2
 services:
   - name: web

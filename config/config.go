@@ -45,9 +45,10 @@ type Config struct {
 	RingFrames int
 	// Firewall installs the nftables rules and reserves NATPorts.
 	Firewall bool
-	// Fastpath forwards established flows in the kernel (package
-	// fastpath): a tc program on every interface rawlb listens on.
-	Fastpath bool
+	// Fastpath says whether established flows are forwarded in the
+	// kernel (package fastpath): a tc program on every interface rawlb
+	// listens on.
+	Fastpath FastpathMode
 	// StateDir holds the state that survives a restart.
 	StateDir string
 	// MaxFlows caps the flows tracked at once, over all services.
@@ -158,6 +159,17 @@ const (
 	ResetFlows OnBackendDown = "reset" // send both ends a RST so clients reconnect at once
 )
 
+// FastpathMode says whether rawlb forwards established flows in the
+// kernel.
+type FastpathMode string
+
+// Fast path modes.
+const (
+	FastpathAuto FastpathMode = "auto" // if the kernel allows it (Linux 6.6, CAP_BPF); else one warning
+	FastpathOn   FastpathMode = "on"   // or rawlb does not start
+	FastpathOff  FastpathMode = "off"
+)
+
 // SYNCookieMode says when rawlb answers SYNs with cookies instead of
 // tracking them.
 type SYNCookieMode string
@@ -194,6 +206,7 @@ const (
 	DefaultWeight         = 1
 	DefaultFirewall       = true
 	DefaultSYNCookieMode  = SYNCookiesAuto
+	DefaultFastpathMode   = FastpathAuto
 	// Reset, because a backend the health checks call dead (fall checks
 	// in a row, seconds) almost never serves its flows again before the
 	// clients' own timeouts, which for idle or keep-alive connections are
@@ -215,6 +228,7 @@ func Defaults() Config {
 		StateDir:   DefaultStateDir,
 		MaxFlows:   DefaultMaxFlows,
 		SYNCookies: DefaultSYNCookieMode,
+		Fastpath:   DefaultFastpathMode,
 		RateLimits: RateLimits{Resets: DefaultResetRate, ChallengeACKs: DefaultChallengeACKs, SYNACKs: DefaultSYNACKRate},
 		Timeouts: Timeouts{HalfOpen: DefaultHalfOpen, Established: DefaultEstablished,
 			Closing: DefaultClosing, NATPortQuiet: DefaultNATPortQuiet},

@@ -30,6 +30,7 @@ func exampleConfig() *Config {
 		Metrics:    "127.0.0.1:9120",
 		LogLevel:   slog.LevelInfo,
 		Firewall:   true,
+		Fastpath:   FastpathAuto,
 		StateDir:   "/run/rawlb",
 		MaxFlows:   1_000_000,
 		SYNCookies: SYNCookiesAuto,

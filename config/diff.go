@@ -58,7 +58,7 @@ var globalFields = []struct {
 	{"nat_ports", true, func(c *Config) string { return c.NATPorts.String() }},
 	{"workers", true, func(c *Config) string { return strconv.Itoa(c.Workers) }},
 	{"ring_frames", true, func(c *Config) string { return strconv.Itoa(c.RingFrames) }},
-	{"fastpath", true, func(c *Config) string { return strconv.FormatBool(c.Fastpath) }},
+	{"fastpath", true, func(c *Config) string { return string(c.Fastpath) }},
 	{"state_dir", true, func(c *Config) string { return c.StateDir }},
 	{"metrics", false, func(c *Config) string { return strconv.Quote(c.Metrics) }},
 	{"pprof", false, func(c *Config) string { return strconv.FormatBool(c.Pprof) }},

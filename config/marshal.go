@@ -23,7 +23,7 @@ type (
 		Workers            int           `yaml:"workers"`
 		RingFrames         int           `yaml:"ring_frames"`
 		Firewall           bool          `yaml:"firewall"`
-		Fastpath           bool          `yaml:"fastpath,omitempty"`
+		Fastpath           string        `yaml:"fastpath"`
 		StateDir           string        `yaml:"state_dir"`
 		MaxFlows           int           `yaml:"max_flows"`
 		MaxFlowsPerClient  int           `yaml:"max_flows_per_client"`
@@ -87,7 +87,7 @@ func (c *Config) Marshal() ([]byte, error) {
 	f := fileConfig{
 		Address: c.Address.String(), Interfaces: c.Interfaces, NATPorts: c.NATPorts.String(),
 		Metrics: c.Metrics, Pprof: c.Pprof, LogLevel: formatLevel(c), Workers: c.Workers,
-		RingFrames: c.RingFrames, Firewall: c.Firewall, Fastpath: c.Fastpath, StateDir: c.StateDir, MaxFlows: c.MaxFlows,
+		RingFrames: c.RingFrames, Firewall: c.Firewall, Fastpath: string(c.Fastpath), StateDir: c.StateDir, MaxFlows: c.MaxFlows,
 		MaxFlowsPerClient: c.MaxFlowsPerClient, SYNCookies: string(c.SYNCookies),
 		SYNCookieThreshold: c.SYNCookieThreshold,
 		RateLimits:         fileRates{c.RateLimits.Resets, c.RateLimits.ChallengeACKs, c.RateLimits.SYNACKs},

@@ -598,7 +598,7 @@ func (d *decoder) config(root *yaml.Node, c *Config) {
 		{"workers", d.integer(&c.Workers)},
 		{"ring_frames", d.integer(&c.RingFrames)},
 		{"firewall", d.boolean(&c.Firewall)},
-		{"fastpath", d.boolean(&c.Fastpath)},
+		{"fastpath", d.enum((*string)(&c.Fastpath))},
 		{"state_dir", d.str(&c.StateDir)},
 		{"max_flows", d.integer(&c.MaxFlows)},
 		{"max_flows_per_client", d.integer(&c.MaxFlowsPerClient)},

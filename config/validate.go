@@ -87,6 +87,11 @@ func (v *validator) config(c *Config) {
 	default:
 		v.add("syn_cookies", "unknown mode %q: use auto, on or off", c.SYNCookies)
 	}
+	switch c.Fastpath {
+	case FastpathAuto, FastpathOn, FastpathOff:
+	default:
+		v.add("fastpath", "unknown mode %q: use auto, on or off", c.Fastpath)
+	}
 	v.atLeast("syn_cookie_threshold", c.SYNCookieThreshold, 0, "0 (automatic)")
 	v.atLeast("rate_limits.resets", c.RateLimits.Resets, 0, "0 (send none)")
 	v.atLeast("rate_limits.challenge_acks", c.RateLimits.ChallengeACKs, 0, "0 (send none)")

@@ -183,7 +183,7 @@ func TestSystemdUnit(t *testing.T) {
 			t.Errorf("the service runs as %q; want DynamicUser=yes or an unprivileged User=", user)
 		}
 	}
-	wantCaps := []string{"CAP_NET_ADMIN", "CAP_NET_RAW"}
+	wantCaps := []string{"CAP_BPF", "CAP_NET_ADMIN", "CAP_NET_RAW"}
 	for _, key := range []string{"Service.AmbientCapabilities", "Service.CapabilityBoundingSet"} {
 		caps := u.words(key)
 		slices.Sort(caps)

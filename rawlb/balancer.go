@@ -176,7 +176,7 @@ func New(cfg *config.Config, opts Options) (_ *Balancer, err error) {
 		opts.HandoffGrace = firewall.DefaultGrace
 	}
 	log := opts.Logger
-	if err := checkCapabilities(cfg.Firewall, cfg.Fastpath); err != nil {
+	if err := checkCapabilities(cfg.Firewall, cfg.Fastpath == config.FastpathOn); err != nil {
 		return nil, err
 	}
 	if err := checkAddress(cfg.Address, cfg.Interfaces); err != nil {
@@ -311,7 +311,14 @@ func New(cfg *config.Config, opts Options) (_ *Balancer, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if b.socks, _, err = ring.OpenGroup(ring.Config{Frames: cfg.RingFrames, Filter: filter, IPOnly: cfg.Fastpath}, workers, prog); err != nil {
+	// The fast path before the rings: they bind for it (ring.Config.IPOnly).
+	if err := b.maybeStartFast(); err != nil {
+		return nil, err
+	}
+	if b.dp.fast != nil {
+		cleanup = append(cleanup, func() { _ = b.dp.fast.path.Close() })
+	}
+	if b.socks, _, err = ring.OpenGroup(ring.Config{Frames: cfg.RingFrames, Filter: filter, IPOnly: b.dp.fast != nil}, workers, prog); err != nil {
 		return nil, err
 	}
 	cleanup = append(cleanup, func() {
@@ -319,12 +326,6 @@ func New(cfg *config.Config, opts Options) (_ *Balancer, err error) {
 			s.Free()
 		}
 	})
-	if cfg.Fastpath {
-		if err := b.startFast(); err != nil {
-			return nil, err
-		}
-		cleanup = append(cleanup, func() { _ = b.dp.fast.path.Close() })
-	}
 	if st != nil {
 		b.takeOver(st)
 	}

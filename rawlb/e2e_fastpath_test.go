@@ -29,7 +29,7 @@ func csumErrors(t *testing.T, hosts ...*netlab.Host) int64 {
 // came back to rawlb for their FINs and ended.
 func TestFastpathTransfers(t *testing.T) {
 	t.Parallel()
-	s := start(t, "-fastpath", "-closing-timeout", "2s")
+	s := start(t, "-fastpath", "on", "-closing-timeout", "2s")
 	hosts := append([]*netlab.Host{s.lab.Client}, s.lab.Backends...)
 	csumBefore := csumErrors(t, hosts...)
 	const size = 64 << 20

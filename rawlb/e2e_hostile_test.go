@@ -264,7 +264,24 @@ func TestSlowSpoofedSYNsExpire(t *testing.T) {
 // gone; then one RST with the exact sequence number must close it.
 func TestBlindResets(t *testing.T) {
 	t.Parallel()
-	s := start(t, "-closing-timeout", "2s")
+	blindResets(t, false)
+}
+
+// TestFastpathBlindResets is TestBlindResets with the connection in the
+// kernel's fast path: the first RST takes the flow back to rawlb, whose
+// windows are then the kernel's, and the exact RST also arrives while the
+// flow is in the kernel.
+func TestFastpathBlindResets(t *testing.T) {
+	t.Parallel()
+	blindResets(t, true)
+}
+
+// blindResets sprays 1,000 random-sequence RSTs spoofing a live idle
+// connection, which must still work 3 s after (past the closing timeout),
+// then sends one with the exact sequence number, which must end it. With
+// fast, each step starts with the flow in the fast path.
+func blindResets(t *testing.T, fast bool) {
+	s := start(t, append(fastFlag(fast), "-closing-timeout", "2s")...)
 	c, _ := s.dial(t)
 	defer c.Close()
 	if _, err := io.WriteString(c, "ECHO\n"); err != nil {
@@ -274,6 +291,22 @@ func TestBlindResets(t *testing.T) {
 	if err := roundTrip(1); err != nil {
 		t.Fatal(err)
 	}
+	// offload echoes until the flow is in the fast path (after 16
+	// segments rawlb forwarded itself).
+	offload := func() {
+		if !fast {
+			return
+		}
+		for i := 0; s.metric(t, "rawlb_fastpath_flows") != 1; i++ {
+			if i == 50 {
+				t.Fatalf("the connection is not in the fast path after %d round trips", i)
+			}
+			if err := roundTrip(byte(i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	offload()
 	local := netip.MustParseAddrPort(c.LocalAddr().String())
 	spray := &flood.RSTSpray{
 		Link: flood.Link{Netns: s.lab.Client.Name, Iface: s.lab.Client.Iface, DstMAC: s.lab.Balancer.MAC},
@@ -290,10 +323,16 @@ func TestBlindResets(t *testing.T) {
 	t.Logf("RSTs dropped: %v out of the window, %v in it (challenged, %v challenge ACKs sent)",
 		s.metric(t, "rawlb_drops_total", "reason", "rst_out_of_window"), s.metric(t, "rawlb_drops_total", "reason", "rst_in_window"),
 		s.metric(t, "rawlb_originated_total", "kind", "challenge_ack"))
+	if fast {
+		if n := s.metric(t, "rawlb_fastpath_returns_total", "reason", "flags"); n != 1 {
+			t.Errorf("the flow came back from the fast path %v times for a RST, want once", n)
+		}
+	}
 	time.Sleep(3 * time.Second) // past the 2 s closing timeout: a flow the spray had closed would be gone
 	if err := roundTrip(2); err != nil {
 		t.Fatalf("the connection died after 1,000 blind RSTs: %v", err)
 	}
+	offload()
 	// The exact sequence number: what the balancer expects next from the
 	// client. The echo just finished, so nothing is in flight: learn it
 	// from the client's next segment, as it reaches the balancer.

@@ -189,14 +189,59 @@ func keepConnections(t *testing.T, s *setup, change func() string) {
 func TestSlowRestartKeepsConnections(t *testing.T) {
 	slowTest(t)
 	t.Parallel()
-	s := start(t)
+	restartKeeps(t, false)
+}
+
+// TestSlowFastpathRestartKeepsConnections is the restart with -fastpath:
+// the streams are in the kernel when SIGTERM comes; the old process takes
+// them back with their windows before it writes them down, and the new one
+// hands them to its own program again.
+func TestSlowFastpathRestartKeepsConnections(t *testing.T) {
+	slowTest(t)
+	t.Parallel()
+	restartKeeps(t, true)
+}
+
+func restartKeeps(t *testing.T, fast bool) {
+	s := start(t, fastFlag(fast)...)
 	keepConnections(t, s, func() string {
+		s.waitOffloaded(t, fast)
 		gap := s.restart(t)
 		return fmt.Sprintf("no balancer ran for %v", gap.Round(time.Millisecond))
 	})
 	if !strings.Contains(s.lb.Output(), "restart state taken over") {
 		t.Errorf("the new process did not take the state over:\n%s", s.lb.Output())
 	}
+	s.waitReoffloaded(t, fast)
+}
+
+// fastFlag returns the flags that turn the fast path on, or off: a test of
+// either path names it, since the default (auto) depends on the kernel.
+func fastFlag(fast bool) []string {
+	if fast {
+		return []string{"-fastpath", "on"}
+	}
+	return []string{"-fastpath", "off"}
+}
+
+// waitOffloaded waits, with the fast path on, until most of the 200
+// streams of keepConnections are in the kernel.
+func (s *setup) waitOffloaded(t *testing.T, fast bool) {
+	if !fast {
+		return
+	}
+	netlab.WaitFor(t, 10*time.Second, "the streams in the fast path", func() bool { return s.metric(t, "rawlb_fastpath_flows") >= 150 })
+}
+
+// waitReoffloaded waits, with the fast path on, until the new process has
+// handed flows to its own program.
+func (s *setup) waitReoffloaded(t *testing.T, fast bool) {
+	if !fast {
+		return
+	}
+	netlab.WaitFor(t, 10*time.Second, "flows in the new process's fast path", func() bool {
+		return s.metric(t, "rawlb_fastpath_offloads_total") > 0
+	})
 }
 
 var gapRE = regexp.MustCompile(`msg="upgrade: forwarding" gap=(\S+)`)
@@ -208,9 +253,24 @@ var gapRE = regexp.MustCompile(`msg="upgrade: forwarding" gap=(\S+)`)
 func TestSlowUpgradeKeepsConnections(t *testing.T) {
 	slowTest(t)
 	t.Parallel()
-	s := start(t)
+	upgradeKeeps(t, false)
+}
+
+// TestSlowFastpathUpgradeKeepsConnections is the upgrade with -fastpath:
+// the old process detaches its program and takes the flows back before it
+// hands them over; the new one, on the inherited sockets, offloads them
+// again.
+func TestSlowFastpathUpgradeKeepsConnections(t *testing.T) {
+	slowTest(t)
+	t.Parallel()
+	upgradeKeeps(t, true)
+}
+
+func upgradeKeeps(t *testing.T, fast bool) {
+	s := start(t, fastFlag(fast)...)
 	dropsBefore := s.metric(t, "rawlb_ring_drops_total")
 	keepConnections(t, s, func() string {
+		s.waitOffloaded(t, fast)
 		old := s.lb
 		if err := old.Signal(syscall.SIGUSR2); err != nil {
 			t.Fatal(err)
@@ -234,6 +294,7 @@ func TestSlowUpgradeKeepsConnections(t *testing.T) {
 	if g := s.metric(t, "rawlb_upgrade_gap_seconds"); g <= 0 {
 		t.Errorf("rawlb_upgrade_gap_seconds = %v in the new process", g)
 	}
+	s.waitReoffloaded(t, fast)
 }
 
 // closeLoad runs n clients that each connect, read the greeting and ask for

@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/rawlb/rawlb/config"
 	"github.com/rawlb/rawlb/conntrack"
 	"github.com/rawlb/rawlb/fastpath"
 	"github.com/rawlb/rawlb/packet"
@@ -96,8 +97,25 @@ func startFast(flows int, allowed map[int]bool) (*fastState, []string, error) {
 	return fs, names, nil
 }
 
-// startFast loads the fast path (cfg.Fastpath) and attaches it; the
-// workers are made after it.
+// maybeStartFast starts the fast path as cfg.Fastpath says: off never,
+// on or fail, auto if the kernel allows it, else with one line saying why
+// not (a kernel before 6.6 has no tcx; a container without CAP_BPF cannot
+// load programs).
+func (b *Balancer) maybeStartFast() error {
+	mode := b.cfg.Fastpath
+	if mode == config.FastpathOff {
+		return nil
+	}
+	err := b.startFast()
+	if err != nil && mode == config.FastpathAuto {
+		b.log.Warn("fastpath: off, every segment goes through the packet rings (fastpath: auto)", "err", err)
+		return nil
+	}
+	return err
+}
+
+// startFast loads the fast path and attaches it; the workers are made
+// after it.
 func (b *Balancer) startFast() error {
 	fs, names, err := startFast(fastFlows, b.nb.allowed)
 	if err != nil {

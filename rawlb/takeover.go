@@ -7,6 +7,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/rawlb/rawlb/config"
 	"github.com/rawlb/rawlb/conntrack"
 	"github.com/rawlb/rawlb/handoff"
 	"github.com/rawlb/rawlb/ring"
@@ -148,13 +149,16 @@ func (b *Balancer) TakeOver(child *handoff.Child) error {
 			return err
 		}
 	}
-	if b.cfg.Fastpath {
+	if b.cfg.Fastpath != config.FastpathOff {
 		// The parent's sockets must be bound as the fast path needs
 		// them (ring.Config.IPOnly); a bind cannot change in a fanout
 		// group.
 		if ipOnly, err := b.socks[0].IPOnly(); err != nil || !ipOnly {
-			b.log.Warn("upgrade: the inherited ring sockets see frames before tc, so the fast path stays off; restart to turn it on")
-		} else if err := b.startFast(); err != nil {
+			if b.cfg.Fastpath == config.FastpathOn {
+				return errors.New("upgrade: the inherited ring sockets see frames before tc (the parent ran without the fast path): restart instead to turn it on")
+			}
+			b.log.Warn("fastpath: off: the inherited ring sockets see frames before tc (the parent ran without it); a restart turns it on")
+		} else if err := b.maybeStartFast(); err != nil {
 			return fmt.Errorf("upgrade: %w", err)
 		}
 	}

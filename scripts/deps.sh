@@ -7,9 +7,11 @@ set -euo pipefail
 # version. systemd: deploy's check runs systemd-analyze verify on the unit.
 # The real clients and servers of the end-to-end tests: curl, nginx and wrk
 # (HTTP, keep-alive load), iperf3 (bulk, parallel streams), chromium (the
-# status page, headless).
+# status page, headless). clang and libbpf-dev: make lint checks that the
+# committed fast-path object (fastpath/fastpath_bpfel.o) is what its source
+# gives.
 need=(make iproute2 iptables nftables ethtool procps util-linux gcc libc6-dev ca-certificates git systemd
-	curl wrk iperf3 chromium)
+	curl wrk iperf3 chromium clang libbpf-dev)
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "ok installed"; }
 missing=()
 for p in "${need[@]}"; do

@@ -226,7 +226,7 @@ func parse(args []string, stderr io.Writer) (*invocation, error) {
 		metrics    = fs.String("metrics", "", "serve Prometheus metrics, the JSON API and the status page on this `address` (e.g. 127.0.0.1:9120)")
 		pprofOn    = fs.Bool("pprof", false, "also serve /debug/pprof on the -metrics address (profiling; keep that address private)")
 		fw         = fs.Bool("firewall", true, "install nftables rules and reserve the NAT ports so the host's TCP stack stays quiet; false leaves it to scripts/setup.sh")
-		fastpath   = fs.Bool("fastpath", false, "forward established flows in the kernel with a tc program (needs CAP_BPF and Linux 6.6)")
+		fastpath   = fs.String("fastpath", string(d.Fastpath), "forward established flows in the kernel with a tc program: auto (if the kernel allows: Linux 6.6, CAP_BPF), on (or fail) or off")
 		workers    = fs.Int("workers", 0, fmt.Sprintf("packet workers (0: one per CPU, 1 to 8, here %d)", rawlb.DefaultWorkers(numCPU())))
 		ringFrames = fs.Int("ring-frames", 0, "receive ring slots per worker (0: 8192, which holds a burst of thousands of SYNs)")
 		stateDir   = fs.String("state-dir", d.StateDir, "`directory` of the state a restart hands over")
@@ -353,7 +353,7 @@ func parse(args []string, stderr io.Writer) (*invocation, error) {
 	cfg.NATPorts = nat
 	cfg.Metrics, cfg.Pprof, cfg.LogLevel, cfg.Workers, cfg.RingFrames = *metrics, *pprofOn, level, *workers, *ringFrames
 	cfg.Firewall, cfg.StateDir, cfg.MaxFlows, cfg.MaxFlowsPerClient = *fw, *stateDir, *maxFlows, *perClient
-	cfg.Fastpath = *fastpath
+	cfg.Fastpath = config.FastpathMode(*fastpath)
 	cfg.SYNCookies, cfg.SYNCookieThreshold = config.SYNCookieMode(*cookies), *cookieThr
 	cfg.RateLimits = config.RateLimits{Resets: *rstRate, ChallengeACKs: *chRate, SYNACKs: *synackRate}
 	cfg.Timeouts = config.Timeouts{HalfOpen: *halfOpen, Established: *idle, Closing: *closing, NATPortQuiet: *portQuiet}

@@ -272,12 +272,11 @@ static __always_inline int handle(struct __sk_buff *skb, __u32 ip_len)
 	}
 
 	// The IP length, not the frame's: a NIC's frame may carry Ethernet
-	// padding. A GSO frame above 64 KB (BIG TCP) says 0: then the skb's.
+	// padding. A GSO frame above 64 KB (BIG TCP) says 0: the engine
+	// counts and drops those, so they go to it.
 	__u32 iplen = ip_len;
 	if (!iplen) {
 		iplen = bpf_ntohs(ip->tot_len);
-		if (iplen == 0 && skb->gso_size)
-			iplen = skb->len - sizeof(*eth);
 		if (iplen > skb->len - sizeof(*eth))
 			return evict(fl, EVICT_OPTIONS, STAT_EVICT_OPTIONS);
 	}
