@@ -106,11 +106,12 @@ fuzz:
 	$(GO) test ./firewall -run '^$$' -fuzz FuzzParseRecord -fuzztime 30s
 	$(GO) test ./healthcheck -run '^$$' -fuzz FuzzExpect -fuzztime 30s
 	$(GO) test ./healthcheck -run '^$$' -fuzz FuzzHTTPReply -fuzztime 30s
+	$(GO) test ./fastpath -run '^$$' -fuzz FuzzProgram -fuzztime 30s
 	$(GO) test ./handoff -run '^$$' -fuzz FuzzDecode -fuzztime 30s
 	$(GO) test ./internal/tools/connrate -run '^$$' -fuzz FuzzParse -fuzztime 30s
 
 bench-go:
-	$(GO) test -run '^$$' -bench . -benchmem ./packet/... ./syncookie/... ./conntrack/...
+	$(GO) test -run '^$$' -bench . -benchmem ./packet/... ./syncookie/... ./conntrack/... ./fastpath/...
 
 clean:
 	rm -rf $(BIN) dist

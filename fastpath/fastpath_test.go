@@ -184,7 +184,7 @@ const (
 	seqOff = 0x10000 // SeqOff: client numbers as the backend sees them
 )
 
-func newLab(t *testing.T) *lab {
+func newLab(t testing.TB) *lab {
 	testenv.RequirePrivileged(t)
 	p, err := Load(Config{Flows: 16})
 	if err != nil {
@@ -194,6 +194,12 @@ func newLab(t *testing.T) *lab {
 	l := &lab{p: p, id: 7}
 	l.keys[0] = MakeKey(ipClient, 40000, ipVIP, 80)
 	l.keys[1] = MakeKey(ipBE, 8080, ipVIP, 61000)
+	l.reset(t)
+	return l
+}
+
+// reset inserts the lab's flow afresh.
+func (l *lab) reset(t testing.TB) {
 	var f Flow
 	// Established, each side has sent its SYN and acknowledged the
 	// other's; windows of 64 KiB unscaled.
@@ -203,13 +209,12 @@ func newLab(t *testing.T) *lab {
 		SeqAdd: seqOff, TSvalAdd: 100, Ifindex: 3, DstMAC: macBE, SrcMAC: macLB}
 	f.Dir[1] = Dir{Src: ipVIP, Dst: ipClient, SrcPort: [2]byte{0, 80}, DstPort: [2]byte{40000 >> 8, 40000 & 0xff},
 		AckAdd: negate(seqOff), TSecrAdd: negate(100), Ifindex: 2, DstMAC: macClient, SrcMAC: macLB}
-	if err := p.Insert(l.id, &f, &l.keys); err != nil {
+	if err := l.p.Insert(l.id, &f, &l.keys); err != nil {
 		t.Fatal(err)
 	}
-	return l
 }
 
-func (l *lab) run(t *testing.T, b []byte) (uint32, []byte) {
+func (l *lab) run(t testing.TB, b []byte) (uint32, []byte) {
 	t.Helper()
 	out := make([]byte, len(b)+256)
 	ret, err := l.p.prog.Run(&ebpf.RunOptions{Data: b, DataOut: out})

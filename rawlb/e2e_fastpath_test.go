@@ -3,7 +3,9 @@ package rawlb_test
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"io"
+	"syscall"
 	"testing"
 	"time"
 
@@ -80,5 +82,59 @@ func TestFastpathTransfers(t *testing.T) {
 		if a := b.Active(); a != 0 {
 			t.Errorf("%s still has %d connections open", b.Name(), a)
 		}
+	}
+}
+
+// TestFastpathDeadBackendFlowsAreReset: a flow in the kernel whose backend
+// dies is reset like any other (on_backend_down: reset, the command line's
+// default), and the client accepts the RST. It carries the sequence
+// number the kernel's state has, not the older one rawlb had when the flow
+// went: a RST behind the client's RCV.NXT would be ignored and the client
+// would hang.
+func TestFastpathDeadBackendFlowsAreReset(t *testing.T) {
+	t.Parallel()
+	s := start(t, "-fastpath", "on")
+	c, name := s.dial(t)
+	defer c.Close()
+	if _, err := io.WriteString(c, "ECHO\n"); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; s.metric(t, "rawlb_fastpath_flows") != 1; i++ {
+		if i == 50 {
+			t.Fatalf("the connection is not in the fast path after %d round trips", i)
+		}
+		if err := echoByte(c, byte(i), 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Traffic in the kernel only: rawlb's own idea of the windows falls
+	// behind.
+	fastBefore := s.metric(t, "rawlb_fastpath_packets_total")
+	for i := 0; i < 20; i++ {
+		if err := echoByte(c, byte(i), 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	netlab.WaitFor(t, 5*time.Second, "the echoes forwarded by the fast path", func() bool {
+		return s.metric(t, "rawlb_fastpath_packets_total")-fastBefore >= 40
+	})
+	var x *netlab.Host
+	for i, b := range s.backends {
+		if b.Name() == name {
+			x = s.lab.Backends[i]
+		}
+	}
+	if x == nil {
+		t.Fatalf("no backend named %q", name)
+	}
+	x.Run(t, "ip", "link", "set", x.Iface, "down")
+	_ = c.SetReadDeadline(time.Now().Add(15 * time.Second))
+	var buf [16]byte
+	n, err := c.Read(buf[:])
+	if n > 0 || !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("the connection on the dead %s ended with %q, %v; want ECONNRESET (rawlb's RST)", name, buf[:n], err)
+	}
+	if n := s.metric(t, "rawlb_fastpath_returns_total", "reason", "engine"); n < 1 {
+		t.Errorf("the flow was not taken back by rawlb (returns by the engine: %v)", n)
 	}
 }

@@ -311,6 +311,9 @@ func (w *worker) timeWaitAssist(p *ring.Packet, f *packet.Frame, fl *conntrack.F
 // flowRST builds the RST that ends fl for side d, in the numbers d knows,
 // and the interface to send it on.
 func (w *worker) flowRST(fl *conntrack.Flow, d conntrack.Direction) (packet.Segment, int32, bool) {
+	if fl.Offloaded() {
+		w.takeBack(fl) // the kernel has the sequence numbers the RST must carry
+	}
 	if d == conntrack.FromClient {
 		return packet.Segment{
 			SrcMAC: fl.LocalMAC, DstMAC: fl.ClientMAC, Src: fl.Key.VIP.IP, Dst: fl.Key.Client.IP,
