@@ -236,7 +236,7 @@ func (w *worker) fastSegment(p *ring.Packet, f *packet.Frame, fl *conntrack.Flow
 				}
 				ifindex = h.ifindex
 			}
-			w.emitRewritten(p, f, ifindex)
+			w.queue(p, f, ifindex) // addressed and counted by the program
 			return true
 		}
 	}

@@ -632,6 +632,16 @@ func (w *worker) handleICMP(p *ring.Packet, f *packet.Frame) {
 // on ifindex, without the Ethernet padding, with the virtio-net header it
 // came with.
 func (w *worker) emit(p *ring.Packet, f *packet.Frame, ifindex int32, dst, src [6]byte, dir int) {
+	f.Eth.SetDestination(dst)
+	f.Eth.SetSource(src)
+	w.stats.packets[dir].Add(1)
+	w.stats.bytes[dir].Add(uint64(len(f.IP)))
+	w.queue(p, f, ifindex)
+}
+
+// queue sets the virtio-net header for sending and queues the frame on
+// ifindex, without the Ethernet padding.
+func (w *worker) queue(p *ring.Packet, f *packet.Frame, ifindex int32) {
 	vnet := p.VNet
 	if f.IsICMP() {
 		vnet.SetFlags(0) // the ICMP checksum was summed afresh
@@ -649,18 +659,6 @@ func (w *worker) emit(p *ring.Packet, f *packet.Frame, ifindex int32, dst, src [
 			}
 		}
 	}
-	f.Eth.SetDestination(dst)
-	f.Eth.SetSource(src)
-	w.stats.packets[dir].Add(1)
-	w.stats.bytes[dir].Add(uint64(len(f.IP)))
-	w.out = append(w.out, ring.Out{Buf: p.Buf[:ring.VNetHdrLen+f.Len()], Ifindex: ifindex})
-}
-
-// emitRewritten queues a frame the fast path's program rewrote already
-// (fastSegment), counted there, not here.
-func (w *worker) emitRewritten(p *ring.Packet, f *packet.Frame, ifindex int32) {
-	vnet := p.VNet
-	vnet.SetFlags(vnet.Flags() &^ ring.VNetFlagDataValid)
 	w.out = append(w.out, ring.Out{Buf: p.Buf[:ring.VNetHdrLen+f.Len()], Ifindex: ifindex})
 }
 
