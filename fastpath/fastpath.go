@@ -95,7 +95,8 @@ type Flow struct {
 	// NoteToBackend); TSLast only if Note has NoteTS.
 	TSLast, SeqEnd uint32
 	Note           uint32
-	_              uint32
+	// Backend is the engine's backend id: Live sums the counters by it.
+	Backend uint32
 }
 
 // NoteTS is Flow.Note's bit for a TSLast that is set.
@@ -316,6 +317,21 @@ func (p *Path) Stats() ([NumStats]uint64, error) {
 		}
 	}
 	return out, nil
+}
+
+// Live calls fn with every flow the program holds now, for counters: its
+// backend id and what it forwarded in each direction. For scrapes: it
+// walks the whole map and allocates.
+func (p *Path) Live(fn func(backend uint32, packets, bytes [2]uint64)) error {
+	var id uint32
+	// As bytes: cilium/ebpf's decoder refuses Flow's unexported lock.
+	buf := make([]byte, unsafe.Sizeof(Flow{}))
+	f := (*Flow)(unsafe.Pointer(&buf[0]))
+	it := p.flows.Iterate()
+	for it.Next(&id, &buf) {
+		fn(f.Backend, f.Packets, f.Bytes)
+	}
+	return it.Err()
 }
 
 // Monotonic returns CLOCK_MONOTONIC in nanoseconds, the clock of

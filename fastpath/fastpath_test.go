@@ -34,6 +34,7 @@ func TestLayoutMatchesProgram(t *testing.T) {
 			"evicted": unsafe.Offsetof(Flow{}.Evicted), "peers": unsafe.Offsetof(Flow{}.Peers), "dir": unsafe.Offsetof(Flow{}.Dir),
 			"last_ns": unsafe.Offsetof(Flow{}.LastNs), "packets": unsafe.Offsetof(Flow{}.Packets), "bytes": unsafe.Offsetof(Flow{}.Bytes),
 			"ts_last": unsafe.Offsetof(Flow{}.TSLast), "seq_end": unsafe.Offsetof(Flow{}.SeqEnd), "note": unsafe.Offsetof(Flow{}.Note),
+			"backend": unsafe.Offsetof(Flow{}.Backend),
 		}},
 	} {
 		var s *btf.Struct
@@ -402,3 +403,20 @@ func errNotExist() error { return unix.ENOENT }
 
 // negate returns -v modulo 2^32, what the engine adds to take v off.
 func negate(v uint32) uint32 { return -v }
+
+func TestLive(t *testing.T) {
+	l := newLab(t)
+	l.run(t, frame(seg{src: ipClient, dst: ipVIP, sport: 40000, dport: 80, seq: cISN + 1, ack: bISN + 1, flags: fACK, win: 300, payload: 10}))
+	n := 0
+	if err := l.p.Live(func(be uint32, packets, bytes [2]uint64) {
+		n++
+		if packets != [2]uint64{1, 0} || bytes[0] != 20+20+10 {
+			t.Errorf("flow of backend %d: packets %v bytes %v", be, packets, bytes)
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if n != 1 {
+		t.Errorf("Live saw %d flows, want 1", n)
+	}
+}

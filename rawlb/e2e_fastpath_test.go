@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"syscall"
 	"testing"
@@ -28,14 +29,44 @@ func csumErrors(t *testing.T, hosts ...*netlab.Host) int64 {
 // TestFastpathTransfers moves 64 MiB each way through the fast path: the
 // bytes arrive intact (SHA-256 at both ends), no receiving kernel saw a bad
 // checksum, nearly every packet went through the kernel, and both flows
-// came back to rawlb for their FINs and ended.
+// came back to rawlb for their FINs and ended; and while a flow is in the
+// kernel, the per-backend counters see its packets.
 func TestFastpathTransfers(t *testing.T) {
 	t.Parallel()
 	s := start(t, "-fastpath", "on", "-closing-timeout", "2s")
 	hosts := append([]*netlab.Host{s.lab.Client}, s.lab.Backends...)
 	csumBefore := csumErrors(t, hosts...)
-	const size = 64 << 20
+	// While a flow is in the kernel, the counters see its packets.
 	c, name := s.dial(t)
+	if _, err := io.WriteString(c, "ECHO\n"); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; s.metric(t, "rawlb_fastpath_flows") != 1; i++ {
+		if i == 50 {
+			t.Fatalf("the connection is not in the fast path after %d round trips", i)
+		}
+		if err := echoByte(c, byte(i), 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	be := s.backendLabel(t, name)
+	toClient := func() float64 {
+		return s.metric(t, "rawlb_backend_packets_total", "backend", be, "direction", "to_client")
+	}
+	before := toClient()
+	for i := 0; i < 20; i++ {
+		if err := echoByte(c, byte(i), 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := toClient() - before; n < 20 || s.metric(t, "rawlb_fastpath_flows") != 1 {
+		t.Errorf("20 echoes in the kernel moved %s's to_client packets by %v (flow still in the kernel: %v)", be, n, s.metric(t, "rawlb_fastpath_flows"))
+	}
+	c.Close()
+	netlab.WaitFor(t, 10*time.Second, "the echo flow gone", func() bool { return s.metric(t, "rawlb_flows_active") == 0 })
+
+	const size = 64 << 20
+	c, name = s.dial(t)
 	sum, got, err := netlab.Get(c, size)
 	c.Close()
 	if err != nil || got != size {
@@ -58,11 +89,11 @@ func TestFastpathTransfers(t *testing.T) {
 	// Both flows end: their FINs bring them back (reason "flags"), and the
 	// table empties after the closing timeout.
 	netlab.WaitFor(t, 10*time.Second, "both flows back from the fast path and gone", func() bool {
-		return s.metric(t, "rawlb_fastpath_flows") == 0 && s.metric(t, "rawlb_fastpath_returns_total", "reason", "flags") >= 2 &&
+		return s.metric(t, "rawlb_fastpath_flows") == 0 && s.metric(t, "rawlb_fastpath_returns_total", "reason", "flags") >= 3 &&
 			s.metric(t, "rawlb_flows_active") == 0
 	})
-	if n := s.metric(t, "rawlb_fastpath_offloads_total"); n != 2 {
-		t.Errorf("%v flows offloaded, want the 2 transfers", n)
+	if n := s.metric(t, "rawlb_fastpath_offloads_total"); n != 3 {
+		t.Errorf("%v flows offloaded, want the echo and the 2 transfers", n)
 	}
 	// Once a flow is back, rawlb_packets_total counts its packets from
 	// both paths.
@@ -83,6 +114,18 @@ func TestFastpathTransfers(t *testing.T) {
 			t.Errorf("%s still has %d connections open", b.Name(), a)
 		}
 	}
+}
+
+// backendLabel returns the backend label (its address, on the command
+// line) of the lab's backend that greets as name.
+func (s *setup) backendLabel(t *testing.T, name string) string {
+	for i, b := range s.backends {
+		if b.Name() == name {
+			return fmt.Sprintf("%v:%d", s.lab.Backends[i].IP, backendPort)
+		}
+	}
+	t.Fatalf("no backend named %q", name)
+	return ""
 }
 
 // TestFastpathDeadBackendFlowsAreReset: a flow in the kernel whose backend

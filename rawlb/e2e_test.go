@@ -343,7 +343,7 @@ func (s *setup) scrape(t *testing.T) []sample {
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
 	if err != nil || resp.StatusCode != 200 {
-		t.Fatalf("scrape rawlb's metrics: %s, %v", resp.Status, err)
+		t.Fatalf("scrape rawlb's metrics: %s, %v\n%.2000s", resp.Status, err, body)
 	}
 	samples, err := parseExposition(string(body))
 	if err != nil {

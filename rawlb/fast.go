@@ -197,6 +197,7 @@ func (w *worker) offload(fl *conntrack.Flow) {
 		v.Note = fastpath.NoteTS
 	}
 	v.LastNs = uint64(fastpath.Monotonic())
+	v.Backend = fl.Backend
 	if err := fs.path.Insert(id, v, k); err != nil {
 		w.stats.fast.failed.Add(1)
 		return
@@ -356,7 +357,7 @@ type fastDescs struct {
 
 func newFastDescs(d func(name, help string, labels ...string) *prometheus.Desc) fastDescs {
 	return fastDescs{
-		packets:  d("fastpath_packets_total", "Packets the kernel fast path forwarded (not in rawlb_packets_total until their flow comes back)."),
+		packets:  d("fastpath_packets_total", "Packets the kernel fast path forwarded (rawlb_packets_total counts them too)."),
 		bytes:    d("fastpath_bytes_total", "IP bytes the kernel fast path forwarded."),
 		offloads: d("fastpath_offloads_total", "Flows handed to the kernel fast path."),
 		failed:   d("fastpath_offload_failures_total", "Offloads refused because the fast path held its most flows."),
@@ -376,6 +377,26 @@ func (f *fastDescs) describe(ch chan<- *prometheus.Desc) {
 
 // fastReturnNames labels fastStats.back, by fastpath.Evict* value.
 var fastReturnNames = [4]string{0: "engine", fastpath.EvictFlags: "flags", fastpath.EvictOptions: "options", fastpath.EvictWindow: "window"}
+
+// live sums what the kernel forwarded for the flows it holds now, by
+// backend id: packets to the backend and to the client, then bytes. Nil
+// without the fast path.
+func (f *fastDescs) live(b *Balancer) map[uint32][4]uint64 {
+	fs := b.dp.fast
+	if fs == nil {
+		return nil
+	}
+	m := map[uint32][4]uint64{}
+	_ = fs.path.Live(func(id uint32, packets, bytes [2]uint64) {
+		v := m[id]
+		v[0] += packets[0]
+		v[1] += packets[1]
+		v[2] += bytes[0]
+		v[3] += bytes[1]
+		m[id] = v
+	})
+	return m
+}
 
 func (f *fastDescs) collect(b *Balancer, counter func(*prometheus.Desc, uint64, ...string), gauge func(*prometheus.Desc, float64, ...string)) {
 	fs := b.dp.fast

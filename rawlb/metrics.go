@@ -1,6 +1,8 @@
 package rawlb
 
 import (
+	"sync"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/rawlb/rawlb/conntrack"
@@ -22,6 +24,39 @@ type collector struct {
 	beChecks, beAdmin, svcFlows, svcUp                          *prometheus.Desc
 	resetsSent, guardActive, flowsByState                       *prometheus.Desc
 	fast                                                        fastDescs
+
+	// With the fast path on, the packet and byte counters add what the
+	// kernel forwarded for flows it still has. A flow coming back moves
+	// its share from the kernel's map to the workers' counters, and a
+	// scrape in between would see it in neither: mono keeps each such
+	// counter at the highest value reported, so it never goes back.
+	mu   sync.Mutex
+	mono map[monoKey]uint64
+}
+
+// monoKey names one packet or byte counter: metric, backend id (or
+// noBackend), direction.
+type monoKey struct {
+	bytes bool
+	id    uint32
+	dir   int
+}
+
+const noBackend = ^uint32(0)
+
+// monotonic returns v, or the highest value reported for k if that is
+// higher.
+func (c *collector) monotonic(k monoKey, v uint64) uint64 {
+	if c.b.dp.fast == nil {
+		return v
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if last := c.mono[k]; last > v {
+		return last
+	}
+	c.mono[k] = v
+	return v
 }
 
 func newCollector(b *Balancer) *collector {
@@ -30,6 +65,7 @@ func newCollector(b *Balancer) *collector {
 	}
 	return &collector{
 		b:              b,
+		mono:           map[monoKey]uint64{},
 		fast:           newFastDescs(d),
 		packets:        d("packets_total", "Packets forwarded, by direction.", "direction"),
 		bytes:          d("bytes_total", "IP bytes forwarded, by direction.", "direction"),
@@ -115,9 +151,16 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		tw += w.twAssists.Load()
 		resetFlows += w.resetFlows.Load()
 	}
+	inKernel := c.fast.live(b)
+	for _, l := range inKernel {
+		for d := range packets {
+			packets[d] += l[d]
+			bytes[d] += l[2+d]
+		}
+	}
 	for i, name := range dirNames {
-		counter(c.packets, packets[i], name)
-		counter(c.bytes, bytes[i], name)
+		counter(c.packets, c.monotonic(monoKey{false, noBackend, i}, packets[i]), name)
+		counter(c.bytes, c.monotonic(monoKey{true, noBackend, i}, bytes[i]), name)
 		counter(c.icmp, icmp[i], name)
 	}
 	for r, v := range drops {
@@ -216,8 +259,12 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			}
 			counter(c.beFlowsTotal, created, svc.Name, be.Name)
 			for d, name := range dirNames {
-				counter(c.beBytes, by[d], svc.Name, be.Name, name)
-				counter(c.bePackets, pk[d], svc.Name, be.Name, name)
+				if l, ok := inKernel[be.ID]; ok {
+					pk[d] += l[d]
+					by[d] += l[2+d]
+				}
+				counter(c.beBytes, c.monotonic(monoKey{true, be.ID, d}, by[d]), svc.Name, be.Name, name)
+				counter(c.bePackets, c.monotonic(monoKey{false, be.ID, d}, pk[d]), svc.Name, be.Name, name)
 			}
 			counter(c.beChecks, b.hcOK[be.ID].Load(), svc.Name, be.Name, "ok")
 			counter(c.beChecks, b.hcFail[be.ID].Load(), svc.Name, be.Name, "fail")

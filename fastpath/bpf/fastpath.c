@@ -61,7 +61,7 @@ struct fp_flow {
 	__u64 packets[2], bytes[2];
 	__u32 ts_last, seq_end; // the last TSval and the furthest end sent to the backend
 	__u32 note;             // NOTE_TS: ts_last is set
-	__u32 pad;
+	__u32 backend;          // the engine's backend id, for its counters
 };
 
 #define NOTE_TS 1
