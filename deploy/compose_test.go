@@ -276,7 +276,7 @@ func TestComposeLayout(t *testing.T) {
 	}
 	lb := c.Services[lbs[0]]
 	if lb.Privileged {
-		t.Errorf("service %s is privileged; it needs only NET_RAW, NET_ADMIN and BPF", lbs[0])
+		t.Errorf("service %s is privileged; it needs only NET_RAW and NET_ADMIN", lbs[0])
 	}
 	if lb.NetworkMode != "" {
 		t.Errorf("service %s has network_mode %q: rawlb must run in the container's own network namespace", lbs[0], lb.NetworkMode)
@@ -291,7 +291,7 @@ func TestComposeLayout(t *testing.T) {
 		}
 	}
 	if caps["ALL"] || caps["SYS_ADMIN"] {
-		t.Errorf("service %s: cap_add %v grants far more than NET_RAW, NET_ADMIN and BPF", lbs[0], lb.CapAdd)
+		t.Errorf("service %s: cap_add %v grants far more than NET_RAW and NET_ADMIN", lbs[0], lb.CapAdd)
 	}
 	published := false
 	for _, p := range lb.Ports {
