@@ -43,15 +43,10 @@ func (f *Flow) SetOffloaded(on bool) {
 }
 
 // Window returns side d's window state, for the fast path to go on from.
-func (f *Flow) Window(d Direction) PeerState {
-	p := &f.peers[d&1]
-	return PeerState{End: p.end, MaxEnd: p.maxend, MaxWin: p.maxwin, MaxAck: p.maxack, Win: p.win, Scale: p.scale, Flags: p.flags}
-}
+func (f *Flow) Window(d Direction) PeerState { return f.peers[d&1].state() }
 
 // SetWindow restores side d's window state from the fast path's copy.
-func (f *Flow) SetWindow(d Direction, s PeerState) {
-	f.peers[d&1] = peer{end: s.End, maxend: s.MaxEnd, maxwin: s.MaxWin, maxack: s.MaxAck, win: s.Win, scale: s.Scale, flags: s.Flags}
-}
+func (f *Flow) SetWindow(d Direction, s PeerState) { f.peers[d&1] = s.peer() }
 
 // BackendNote returns what NoteToBackend recorded: the last TSval (if ts)
 // and the furthest sequence end sent toward the backend.

@@ -37,6 +37,16 @@ type PeerState struct {
 	Scale, Flags                uint8
 }
 
+// state returns p as it travels.
+func (p peer) state() PeerState {
+	return PeerState{End: p.end, MaxEnd: p.maxend, MaxWin: p.maxwin, MaxAck: p.maxack, Win: p.win, Scale: p.scale, Flags: p.flags}
+}
+
+// peer returns s as the tracker keeps it.
+func (s PeerState) peer() peer {
+	return peer{end: s.End, maxend: s.MaxEnd, maxwin: s.MaxWin, maxack: s.MaxAck, win: s.Win, scale: s.Scale, flags: s.Flags}
+}
+
 // PortState is what a NAT port remembers of its last flow toward a backend,
 // and how long ago it was freed.
 type PortState struct {
@@ -59,7 +69,7 @@ func (f *Flow) Export(now int64) FlowState {
 		TSLast: f.tsLast, SeqEnd: f.seqEnd, HasTS: f.flags&flagTS != 0, Cookie: f.Cookie, CookieTS: f.CookieTS,
 	}
 	for d, p := range f.peers {
-		s.Peers[d] = PeerState{End: p.end, MaxEnd: p.maxend, MaxWin: p.maxwin, MaxAck: p.maxack, Win: p.win, Scale: p.scale, Flags: p.flags}
+		s.Peers[d] = p.state()
 	}
 	return s
 }
@@ -121,7 +131,7 @@ func (t *Table) Import(s FlowState, backendID uint32, now int64) (*Flow, error) 
 		f.flags |= flagEstablished
 	}
 	for d, p := range s.Peers {
-		f.peers[d] = peer{end: p.End, maxend: p.MaxEnd, maxwin: p.MaxWin, maxack: p.MaxAck, win: p.Win, scale: p.Scale, flags: p.Flags}
+		f.peers[d] = p.peer()
 	}
 	t.fwd[k] = i
 	t.rev[f.ReverseKey()] = i

@@ -552,10 +552,14 @@ func (t *Table) Sweep(now int64, budget int, j Judge) int {
 		if f.state == StateNone {
 			continue
 		}
-		if f.flags&flagOffload != 0 && t.off != nil && t.expired(f, now) {
+		expired := t.expired(f, now)
+		if expired && f.flags&flagOffload != 0 && t.off != nil {
+			// Its LastSeen is the engine's, from before the fast path
+			// had it.
 			t.off.Refresh(f)
+			expired = t.expired(f, now)
 		}
-		if t.expired(f, now) {
+		if expired {
 			if j != nil {
 				j.Expired(f)
 			}
