@@ -188,14 +188,6 @@ func (p *Path) Attach(ifindex int) error {
 	return nil
 }
 
-// Attached reports whether the program runs on ifindex's ingress.
-func (p *Path) Attached(ifindex int) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	_, ok := p.links[ifindex]
-	return ok
-}
-
 // Detach takes the program off every interface. When it returns, no
 // instance of the program runs any more (the kernel waits for an RCU grace
 // period when a tcx link goes), so the flows in the map are still.
@@ -276,15 +268,10 @@ func (p *Path) Insert(id uint32, f *Flow, k *[2]Key) error {
 // evicted is still already (the engine takes evicted flows back when their
 // next segment reaches it, in the ring, well after that).
 func (p *Path) Take(id uint32, k *[2]Key, f *Flow) error {
-	for d := range k {
-		_ = elem(cmdDelete, p.keysFD, unsafe.Pointer(&k[d]), nil, 0)
-	}
-	err := elem(cmdLookup, p.flowsFD, unsafe.Pointer(&id), unsafe.Pointer(f), flagLock)
+	p.deleteKeys(k)
+	err := p.Peek(id, f)
 	_ = elem(cmdDelete, p.flowsFD, unsafe.Pointer(&id), nil, 0)
-	if err != nil {
-		return fmt.Errorf("fastpath: reading flow %d: %w", id, err)
-	}
-	return nil
+	return err
 }
 
 // Peek reads flow id under its lock, leaving it with the program.
@@ -297,10 +284,16 @@ func (p *Path) Peek(id uint32, f *Flow) error {
 
 // Remove deletes flow id and its keys, whatever state they are in.
 func (p *Path) Remove(id uint32, k *[2]Key) {
+	p.deleteKeys(k)
+	_ = elem(cmdDelete, p.flowsFD, unsafe.Pointer(&id), nil, 0)
+}
+
+// deleteKeys deletes both directions' keys, so that no new segment finds
+// their flow.
+func (p *Path) deleteKeys(k *[2]Key) {
 	for d := range k {
 		_ = elem(cmdDelete, p.keysFD, unsafe.Pointer(&k[d]), nil, 0)
 	}
-	_ = elem(cmdDelete, p.flowsFD, unsafe.Pointer(&id), nil, 0)
 }
 
 // Stats returns the program's counters, summed over CPUs, indexed by the

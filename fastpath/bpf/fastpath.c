@@ -324,7 +324,10 @@ static __always_inline int handle(struct __sk_buff *skb, __u32 ip_len)
 		bpf_spin_unlock(&fl->lock);
 		count(STAT_EVICT_WINDOW, 1);
 		// The SACK edges may have been rewritten already: put them back
-		// for the engine, which translates them itself.
+		// for the engine, which translates them itself. (Reading them in
+		// one loop and rewriting them in another, after the check, would
+		// need no undo; but clang turns the separate read loop's bounds
+		// into arithmetic on data_end, which the verifier refuses.)
 		if (dr->ack_add) {
 			for (int i = 0; i < 4; i++) {
 				if (i >= nsack)
