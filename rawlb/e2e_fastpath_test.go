@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"syscall"
 	"testing"
 	"time"
@@ -41,14 +42,7 @@ func TestFastpathTransfers(t *testing.T) {
 	if _, err := io.WriteString(c, "ECHO\n"); err != nil {
 		t.Fatal(err)
 	}
-	for i := 0; s.metric(t, "rawlb_fastpath_flows") != 1; i++ {
-		if i == 50 {
-			t.Fatalf("the connection is not in the fast path after %d round trips", i)
-		}
-		if err := echoByte(c, byte(i), 5*time.Second); err != nil {
-			t.Fatal(err)
-		}
-	}
+	s.echoIntoFastPath(t, c)
 	be := s.backendLabel(t, name)
 	toClient := func() float64 {
 		return s.metric(t, "rawlb_backend_packets_total", "backend", be, "direction", "to_client")
@@ -116,16 +110,37 @@ func TestFastpathTransfers(t *testing.T) {
 	}
 }
 
+// echoIntoFastPath echoes bytes over c, a connection in ECHO mode, until
+// it is the one flow in rawlb's fast path (after 16 segments rawlb
+// forwarded itself).
+func (s *setup) echoIntoFastPath(t *testing.T, c net.Conn) {
+	t.Helper()
+	for i := 0; s.metric(t, "rawlb_fastpath_flows") != 1; i++ {
+		if i == 50 {
+			t.Fatalf("the connection is not in the fast path after %d round trips", i)
+		}
+		if err := echoByte(c, byte(i), 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// backendHost returns the lab host of the backend that greets as name.
+func (s *setup) backendHost(t *testing.T, name string) *netlab.Host {
+	t.Helper()
+	for i, b := range s.backends {
+		if b.Name() == name {
+			return s.lab.Backends[i]
+		}
+	}
+	t.Fatalf("greeting names %q, which is none of the backends", name)
+	return nil
+}
+
 // backendLabel returns the backend label (its address, on the command
 // line) of the lab's backend that greets as name.
 func (s *setup) backendLabel(t *testing.T, name string) string {
-	for i, b := range s.backends {
-		if b.Name() == name {
-			return fmt.Sprintf("%v:%d", s.lab.Backends[i].IP, backendPort)
-		}
-	}
-	t.Fatalf("no backend named %q", name)
-	return ""
+	return fmt.Sprintf("%v:%d", s.backendHost(t, name).IP, backendPort)
 }
 
 // TestFastpathDeadBackendFlowsAreReset: a flow in the kernel whose backend
@@ -142,14 +157,7 @@ func TestFastpathDeadBackendFlowsAreReset(t *testing.T) {
 	if _, err := io.WriteString(c, "ECHO\n"); err != nil {
 		t.Fatal(err)
 	}
-	for i := 0; s.metric(t, "rawlb_fastpath_flows") != 1; i++ {
-		if i == 50 {
-			t.Fatalf("the connection is not in the fast path after %d round trips", i)
-		}
-		if err := echoByte(c, byte(i), 5*time.Second); err != nil {
-			t.Fatal(err)
-		}
-	}
+	s.echoIntoFastPath(t, c)
 	// Traffic in the kernel only: rawlb's own idea of the windows falls
 	// behind.
 	fastBefore := s.metric(t, "rawlb_fastpath_packets_total")
@@ -161,15 +169,7 @@ func TestFastpathDeadBackendFlowsAreReset(t *testing.T) {
 	netlab.WaitFor(t, 5*time.Second, "the echoes forwarded by the fast path", func() bool {
 		return s.metric(t, "rawlb_fastpath_packets_total")-fastBefore >= 40
 	})
-	var x *netlab.Host
-	for i, b := range s.backends {
-		if b.Name() == name {
-			x = s.lab.Backends[i]
-		}
-	}
-	if x == nil {
-		t.Fatalf("no backend named %q", name)
-	}
+	x := s.backendHost(t, name)
 	x.Run(t, "ip", "link", "set", x.Iface, "down")
 	_ = c.SetReadDeadline(time.Now().Add(15 * time.Second))
 	var buf [16]byte

@@ -294,16 +294,8 @@ func blindResets(t *testing.T, fast bool) {
 	// offload echoes until the flow is in the fast path (after 16
 	// segments rawlb forwarded itself).
 	offload := func() {
-		if !fast {
-			return
-		}
-		for i := 0; s.metric(t, "rawlb_fastpath_flows") != 1; i++ {
-			if i == 50 {
-				t.Fatalf("the connection is not in the fast path after %d round trips", i)
-			}
-			if err := roundTrip(byte(i)); err != nil {
-				t.Fatal(err)
-			}
+		if fast {
+			s.echoIntoFastPath(t, c)
 		}
 	}
 	offload()

@@ -521,15 +521,7 @@ func TestICMPFragNeededTranslated(t *testing.T) {
 	c, name := s.hold(t)
 	defer c.Close()
 	clientPort := uint16(c.LocalAddr().(*net.TCPAddr).Port)
-	var be *netlab.Host
-	for i, b := range s.backends {
-		if b.Name() == name {
-			be = s.lab.Backends[i]
-		}
-	}
-	if be == nil {
-		t.Fatalf("greeting names %q, which is none of the backends", name)
-	}
+	be := s.backendHost(t, name)
 	// The NAT port rawlb chose, as the backend sees it: from srcIP and in
 	// the NAT range (40000-59999 by default), which tells it from a health
 	// check's connection, also from srcIP but from an ephemeral port.
