@@ -268,15 +268,15 @@ func (w *worker) takeBack(fl *conntrack.Flow) {
 		fl.FastEvictions++
 	}
 	w.stats.fast.back[v.Evicted&3].Add(1)
+	// The program's direction 0 is conntrack.FromClient, whose segments go
+	// to the backend: dirToBackend, also 0.
+	be := w.reg.backends[fl.Backend]
 	for d := range 2 {
 		w.stats.packets[d].Add(v.Packets[d])
 		w.stats.bytes[d].Add(v.Bytes[d])
-	}
-	if be := w.reg.backends[fl.Backend]; be != nil {
-		st := &be.stats[w.id]
-		for d := range 2 {
-			st.packets[d].Add(v.Packets[d])
-			st.bytes[d].Add(v.Bytes[d])
+		if be != nil {
+			be.stats[w.id].packets[d].Add(v.Packets[d])
+			be.stats[w.id].bytes[d].Add(v.Bytes[d])
 		}
 	}
 }
@@ -378,21 +378,24 @@ func (f *fastDescs) describe(ch chan<- *prometheus.Desc) {
 // fastReturnNames labels fastStats.back, by fastpath.Evict* value.
 var fastReturnNames = [4]string{0: "engine", fastpath.EvictFlags: "flags", fastpath.EvictOptions: "options", fastpath.EvictWindow: "window"}
 
+// fastCounts are packets and bytes by direction (dirToBackend,
+// dirToClient).
+type fastCounts struct{ packets, bytes [2]uint64 }
+
 // live sums what the kernel forwarded for the flows it holds now, by
-// backend id: packets to the backend and to the client, then bytes. Nil
-// without the fast path.
-func (f *fastDescs) live(b *Balancer) map[uint32][4]uint64 {
+// backend id. Nil without the fast path.
+func (f *fastDescs) live(b *Balancer) map[uint32]fastCounts {
 	fs := b.dp.fast
 	if fs == nil {
 		return nil
 	}
-	m := map[uint32][4]uint64{}
+	m := map[uint32]fastCounts{}
 	_ = fs.path.Live(func(id uint32, packets, bytes [2]uint64) {
 		v := m[id]
-		v[0] += packets[0]
-		v[1] += packets[1]
-		v[2] += bytes[0]
-		v[3] += bytes[1]
+		for d := range 2 {
+			v.packets[d] += packets[d]
+			v.bytes[d] += bytes[d]
+		}
 		m[id] = v
 	})
 	return m

@@ -154,8 +154,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	inKernel := c.fast.live(b)
 	for _, l := range inKernel {
 		for d := range packets {
-			packets[d] += l[d]
-			bytes[d] += l[2+d]
+			packets[d] += l.packets[d]
+			bytes[d] += l.bytes[d]
 		}
 	}
 	for i, name := range dirNames {
@@ -259,10 +259,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			}
 			counter(c.beFlowsTotal, created, svc.Name, be.Name)
 			for d, name := range dirNames {
-				if l, ok := inKernel[be.ID]; ok {
-					pk[d] += l[d]
-					by[d] += l[2+d]
-				}
+				l := inKernel[be.ID] // zero when the kernel has none of its flows
+				pk[d] += l.packets[d]
+				by[d] += l.bytes[d]
 				counter(c.beBytes, c.monotonic(monoKey{true, be.ID, d}, by[d]), svc.Name, be.Name, name)
 				counter(c.bePackets, c.monotonic(monoKey{false, be.ID, d}, pk[d]), svc.Name, be.Name, name)
 			}
