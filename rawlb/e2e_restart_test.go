@@ -510,8 +510,8 @@ func TestSlowRestartConnectionRate(t *testing.T) {
 				// ports, which the new process reuses.
 				s := launch(t, lab)
 				s.backends = backends
-				// The lab of a first attempt stays until the test ends; its
-				// balancer idles.
+				// The labs of earlier attempts stay until the test ends;
+				// their balancers idle.
 				return connectionRateAcross(t, s, func() { s.restart(t) })
 			})
 		})
