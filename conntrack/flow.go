@@ -183,6 +183,9 @@ type Flow struct {
 	// with the engine).
 	FastRun       uint16
 	FastEvictions uint8
+	// peeked is when the sweep last asked the fast path about the flow
+	// (Table clock).
+	peeked int64
 }
 
 // Flow flags.

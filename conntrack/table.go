@@ -526,6 +526,16 @@ func (t *Table) expired(f *Flow, now int64) bool {
 	return now-f.LastSeen > t.closingNs
 }
 
+// mayHaveClosed reports whether an offloaded flow, idle by the engine's
+// clock, may have reached LastAck in the fast path, which forwards both
+// FINs: then the closing timeout applies, not the established one. A peer
+// that sends its FIN and never the last ACK must not hold the NAT port for
+// an hour. The fast path is asked at most once per closing timeout per
+// flow: an idle keep-alive connection costs one map lookup every 10 s.
+func (t *Table) mayHaveClosed(f *Flow, now int64) bool {
+	return now-f.LastSeen > t.closingNs && now-f.peeked > t.closingNs
+}
+
 // Judge is the engine's say in a sweep.
 type Judge interface {
 	// Keep is asked about each flow the sweep visits that has not expired;
@@ -553,9 +563,10 @@ func (t *Table) Sweep(now int64, budget int, j Judge) int {
 			continue
 		}
 		expired := t.expired(f, now)
-		if expired && f.flags&flagOffload != 0 && t.off != nil {
-			// Its LastSeen is the engine's, from before the fast path
-			// had it.
+		if f.flags&flagOffload != 0 && t.off != nil && (expired || t.mayHaveClosed(f, now)) {
+			// Its LastSeen and its state are the engine's, from before
+			// the fast path had it.
+			f.peeked = now
 			t.off.Refresh(f)
 			expired = t.expired(f, now)
 		}

@@ -313,3 +313,59 @@ func TestLookupsAllocateNothing(t *testing.T) {
 		t.Fatalf("lookups allocate %v times", n)
 	}
 }
+
+// fakeFast is an Offloader whose flows reach LastAck when told to.
+type fakeFast struct {
+	tab       *Table
+	refreshes int
+	closed    bool // the fast path took its flow to LastAck
+}
+
+func (o *fakeFast) Release(f *Flow) { f.SetOffloaded(false) }
+
+func (o *fakeFast) Refresh(f *Flow) {
+	o.refreshes++
+	if o.closed && f.State() != StateLastAck {
+		o.tab.SetState(f, StateLastAck)
+	}
+}
+
+// TestSweepAsksAboutIdleOffloadedFlows: the fast path forwards both FINs,
+// so an offloaded flow the engine thinks established may be in LastAck,
+// whose timeout is the closing one. The sweep asks once per closing
+// timeout about a flow idle that long, and removes it on the closing
+// timeout once it is in LastAck, not after the established one.
+func TestSweepAsksAboutIdleOffloadedFlows(t *testing.T) {
+	now := int64(0)
+	tab := newTable(t, Config{NATPortFirst: 40000, NATPortLast: 40009, ClosingTimeout: 10 * time.Second,
+		EstablishedTimeout: time.Hour, Clock: func() int64 { return now }})
+	off := &fakeFast{tab: tab}
+	tab.SetOffloader(off)
+	f, err := tab.Create(key(1), 0, back0, mac, 2, now, SYN{}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tab.SetState(f, StateEstablished)
+	f.SetOffloaded(true)
+	sweep := func() int { return tab.Sweep(now, 100, nil) }
+	for now = sec; now <= 10*sec; now += sec {
+		sweep()
+	}
+	if off.refreshes != 0 {
+		t.Fatalf("%d refreshes of a flow idle for at most the closing timeout", off.refreshes)
+	}
+	for ; now <= 40*sec; now += sec {
+		sweep()
+	}
+	if off.refreshes != 3 {
+		t.Fatalf("%d refreshes of a flow idle for 40 s, want 3: one per closing timeout after the first", off.refreshes)
+	}
+	off.closed = true
+	removed := 0
+	for ; now <= 70*sec && removed == 0; now += sec {
+		removed = sweep()
+	}
+	if removed != 1 || f.State() != StateNone {
+		t.Fatalf("a flow the fast path took to LastAck: removed %d by %d s, state %v; want it gone within a closing timeout", removed, now/sec, f.State())
+	}
+}

@@ -4,12 +4,13 @@
 // into sendmmsg, and the receiving host's stack runs on the CPU the segment
 // arrived on, as with the kernel's own NAT.
 //
-// The engine stays in charge. It decides which flows the program gets (an
-// established flow that has shown it is not a one-request connection), and
-// the program hands a flow back, marking it evicted under the flow's lock,
-// at the first segment it does not forward exactly as the engine would: a
-// SYN, FIN or RST, options other than timestamps in their usual layout,
-// or a sequence or acknowledgment number outside the windows. That segment
+// The engine stays in charge. It decides which flows the program gets
+// (established ones), and the program hands a flow back, marking it
+// evicted under the flow's lock, at the first segment it does not forward
+// exactly as the engine would: a SYN or RST, the ACK that ends the flow
+// (it follows the FINs before it, as conntrack's state machine does),
+// options other than timestamps in their usual layout, or a sequence or
+// acknowledgment number outside the windows. That segment
 // and every later one then go to the ring in order, and the engine takes
 // the flow's window state back before it tracks them (Take). The window
 // check is conntrack's own (conntrack/tcp.go, after the kernel's
@@ -97,6 +98,10 @@ type Flow struct {
 	Note           uint32
 	// Backend is the engine's backend id: Live sums the counters by it.
 	Backend uint32
+	// State is the flow's conntrack.State: Established when it goes,
+	// FinWait, CloseWait or LastAck after the FINs the program forwarded.
+	State uint32
+	_     uint32
 }
 
 // NoteTS is Flow.Note's bit for a TSLast that is set.
@@ -104,9 +109,11 @@ const NoteTS = 1
 
 // Why a flow was given back (Flow.Evicted).
 const (
-	EvictFlags   = 1 // a SYN, FIN or RST, or a segment without ACK
+	EvictFlags   = 1 // a SYN or RST, or a segment without ACK
 	EvictOptions = 2 // options the program does not read, or IP options
 	EvictWindow  = 3 // outside the windows: the engine decides
+	EvictClose   = 4 // the ACK in LastAck, which takes the flow to TimeWait
+	NumEvict     = 5 // one more than the highest Evict* value
 )
 
 // Counters of the program, summed over CPUs (fp_stats).
@@ -116,8 +123,9 @@ const (
 	StatEvictFlags
 	StatEvictOptions
 	StatEvictWindow
-	StatPassed  // segments of a flow already given back, passed to the engine
-	StatIgnored // forwarded without changing the state (conntrack's "ignore")
+	StatPassed     // segments of a flow already given back, passed to the engine
+	StatIgnored    // forwarded without changing the state (conntrack's "ignore")
+	StatEvictClose // flows given back at the ACK that ends them
 	NumStats
 )
 

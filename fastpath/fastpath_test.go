@@ -34,7 +34,7 @@ func TestLayoutMatchesProgram(t *testing.T) {
 			"evicted": unsafe.Offsetof(Flow{}.Evicted), "peers": unsafe.Offsetof(Flow{}.Peers), "dir": unsafe.Offsetof(Flow{}.Dir),
 			"last_ns": unsafe.Offsetof(Flow{}.LastNs), "packets": unsafe.Offsetof(Flow{}.Packets), "bytes": unsafe.Offsetof(Flow{}.Bytes),
 			"ts_last": unsafe.Offsetof(Flow{}.TSLast), "seq_end": unsafe.Offsetof(Flow{}.SeqEnd), "note": unsafe.Offsetof(Flow{}.Note),
-			"backend": unsafe.Offsetof(Flow{}.Backend),
+			"backend": unsafe.Offsetof(Flow{}.Backend), "state": unsafe.Offsetof(Flow{}.State),
 		}},
 	} {
 		var s *btf.Struct
@@ -210,6 +210,7 @@ func (l *lab) reset(t testing.TB) {
 		SeqAdd: seqOff, TSvalAdd: 100, Ifindex: 3, DstMAC: macBE, SrcMAC: macLB}
 	f.Dir[1] = Dir{Src: ipVIP, Dst: ipClient, SrcPort: [2]byte{0, 80}, DstPort: [2]byte{40000 >> 8, 40000 & 0xff},
 		AckAdd: negate(seqOff), TSecrAdd: negate(100), Ifindex: 2, DstMAC: macClient, SrcMAC: macLB}
+	f.State = stEstablished
 	if err := l.p.Insert(l.id, &f, &l.keys); err != nil {
 		t.Fatal(err)
 	}
@@ -322,7 +323,7 @@ func TestGivesBackWhatItDoesNotForward(t *testing.T) {
 		s    seg
 		why  uint32
 	}{
-		{"FIN", seg{seq: cISN + 1, ack: bISN + 1, flags: fACK | fFIN, win: 100}, EvictFlags},
+		{"FIN without ACK", seg{seq: cISN + 1, flags: fFIN, win: 100}, EvictFlags},
 		{"RST", seg{seq: cISN + 1, ack: bISN + 1, flags: fRST, win: 0}, EvictFlags},
 		{"SYN", seg{seq: cISN, flags: fSYN, win: 100}, EvictFlags},
 		{"no ACK", seg{seq: cISN + 1, flags: fPSH, win: 100, payload: 10}, EvictFlags},
@@ -359,6 +360,72 @@ func TestGivesBackWhatItDoesNotForward(t *testing.T) {
 				t.Errorf("counters %v", st)
 			}
 		})
+	}
+}
+
+// conntrack.State values (the program's ST_*).
+const (
+	stEstablished = 3
+	stFinWait     = 4
+	stCloseWait   = 5
+	stLastAck     = 6
+)
+
+// TestFollowsTheClose walks a flow through both FINs: the program forwards
+// them and their ACKs with conntrack's transitions, counts each FIN in the
+// sequence end toward the backend, and gives the flow back at the ACK that
+// would take it to TimeWait, before it changes anything.
+func TestFollowsTheClose(t *testing.T) {
+	l := newLab(t)
+	steps := []struct {
+		name  string
+		s     seg
+		state uint32
+	}{
+		{"client data and FIN", seg{src: ipClient, dst: ipVIP, sport: 40000, dport: 80, seq: cISN + 1, ack: bISN + 1, flags: fACK | fPSH | fFIN, win: 502, payload: 10}, stFinWait},
+		{"backend ACK of the FIN", seg{src: ipBE, dst: ipVIP, sport: 8080, dport: 61000, seq: bISN + 1, ack: cISN + 12 + seqOff, flags: fACK, win: 509}, stCloseWait},
+		{"backend data", seg{src: ipBE, dst: ipVIP, sport: 8080, dport: 61000, seq: bISN + 1, ack: cISN + 12 + seqOff, flags: fACK | fPSH, win: 509, payload: 100}, stCloseWait},
+		{"backend FIN", seg{src: ipBE, dst: ipVIP, sport: 8080, dport: 61000, seq: bISN + 101, ack: cISN + 12 + seqOff, flags: fACK | fFIN, win: 509}, stLastAck},
+		{"backend FIN again", seg{src: ipBE, dst: ipVIP, sport: 8080, dport: 61000, seq: bISN + 101, ack: cISN + 12 + seqOff, flags: fACK | fFIN, win: 509}, stLastAck},
+	}
+	for _, st := range steps {
+		in := frame(st.s)
+		ret, out := l.run(t, in)
+		if ret != actRedirect {
+			t.Fatalf("%s: action %d, want redirect", st.name, ret)
+		}
+		checksumsOK(t, out)
+		if out[14+20+13] != st.s.flags {
+			t.Errorf("%s: flags %#x, want %#x", st.name, out[14+20+13], st.s.flags)
+		}
+		f := l.peek(t)
+		if f.State != st.state || f.Evicted != 0 {
+			t.Errorf("%s: state %d evicted %d, want state %d", st.name, f.State, f.Evicted, st.state)
+		}
+	}
+	f := l.peek(t)
+	if want := uint32(cISN + 1 + 10 + 1 + seqOff); f.SeqEnd != want {
+		t.Errorf("sequence end toward the backend %d, want %d (the FIN counts)", f.SeqEnd, want)
+	}
+	if f.Peers[0].End != cISN+12 || f.Peers[1].End != bISN+102 {
+		t.Errorf("ends %d and %d, want %d and %d", f.Peers[0].End, f.Peers[1].End, cISN+12, bISN+102)
+	}
+
+	last := frame(seg{src: ipClient, dst: ipVIP, sport: 40000, dport: 80, seq: cISN + 12, ack: bISN + 102, flags: fACK, win: 502})
+	ret, out := l.run(t, last)
+	if ret != actOK || string(out) != string(last) {
+		t.Fatalf("the last ACK: action %d, changed %v; want it unchanged, to the engine", ret, string(out) != string(last))
+	}
+	g := l.peek(t)
+	if g.Evicted != EvictClose || g.State != stLastAck || g.Peers != f.Peers {
+		t.Errorf("after the last ACK: evicted %d state %d, peers changed %v; want EvictClose, LastAck, unchanged", g.Evicted, g.State, g.Peers != f.Peers)
+	}
+	stats, err := l.p.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stats[StatEvictClose] != 1 || stats[StatPackets] != uint64(len(steps)) {
+		t.Errorf("counters %v", stats)
 	}
 }
 

@@ -80,10 +80,11 @@ func TestFastpathTransfers(t *testing.T) {
 		t.Fatalf("64 MiB reached %s with SHA-256 %s, want %s", name, put, want)
 	}
 
-	// Both flows end: their FINs bring them back (reason "flags"), and the
-	// table empties after the closing timeout.
+	// Both flows end: the program forwards both FINs, and the last ACK
+	// brings each back (reason "close"); the table empties after the
+	// closing timeout.
 	netlab.WaitFor(t, 10*time.Second, "both flows back from the fast path and gone", func() bool {
-		return s.metric(t, "rawlb_fastpath_flows") == 0 && s.metric(t, "rawlb_fastpath_returns_total", "reason", "flags") >= 3 &&
+		return s.metric(t, "rawlb_fastpath_flows") == 0 && s.metric(t, "rawlb_fastpath_returns_total", "reason", "close") >= 3 &&
 			s.metric(t, "rawlb_flows_active") == 0
 	})
 	if n := s.metric(t, "rawlb_fastpath_offloads_total"); n != 3 {
@@ -93,8 +94,8 @@ func TestFastpathTransfers(t *testing.T) {
 	// both paths.
 	fast := s.metric(t, "rawlb_fastpath_packets_total")
 	all := s.metric(t, "rawlb_packets_total", "direction", "to_backend") + s.metric(t, "rawlb_packets_total", "direction", "to_client")
-	t.Logf("packets: %v, %v of them by the fast path, %v run through it late; returns: flags %v, options %v, window %v, engine %v",
-		all, fast, s.metric(t, "rawlb_fastpath_late_total"),
+	t.Logf("packets: %v, %v of them by the fast path, %v run through it late; returns: close %v, flags %v, options %v, window %v, engine %v",
+		all, fast, s.metric(t, "rawlb_fastpath_late_total"), s.metric(t, "rawlb_fastpath_returns_total", "reason", "close"),
 		s.metric(t, "rawlb_fastpath_returns_total", "reason", "flags"), s.metric(t, "rawlb_fastpath_returns_total", "reason", "options"),
 		s.metric(t, "rawlb_fastpath_returns_total", "reason", "window"), s.metric(t, "rawlb_fastpath_returns_total", "reason", "engine"))
 	if fast < 0.9*all {
@@ -111,8 +112,8 @@ func TestFastpathTransfers(t *testing.T) {
 }
 
 // echoIntoFastPath echoes bytes over c, a connection in ECHO mode, until
-// it is the one flow in rawlb's fast path (after 16 segments rawlb
-// forwarded itself).
+// it is the one flow in rawlb's fast path (it goes once established; after
+// coming back early, after 16 segments rawlb forwarded itself).
 func (s *setup) echoIntoFastPath(t *testing.T, c net.Conn) {
 	t.Helper()
 	for i := 0; s.metric(t, "rawlb_fastpath_flows") != 1; i++ {

@@ -291,8 +291,8 @@ func blindResets(t *testing.T, fast bool) {
 	if err := roundTrip(1); err != nil {
 		t.Fatal(err)
 	}
-	// offload echoes until the flow is in the fast path (after 16
-	// segments rawlb forwarded itself).
+	// offload echoes until the flow is in the fast path (again, after a
+	// RST brought it back).
 	offload := func() {
 		if fast {
 			s.echoIntoFastPath(t, c)

@@ -18,18 +18,25 @@ import (
 // The engine's side of the fast path (package fastpath): which flows go to
 // the kernel, and taking them back.
 //
-// A flow goes once it is established and the engine has forwarded
-// fastAfter of its segments: a connection that carries one request and
-// closes (about ten segments, four of them after the handshake) never pays
-// the three map updates and the take-back. It goes after the batch that
-// decided it was sent, so that no segment the program forwards overtakes one
-// still queued here. It comes back when the program evicts it (its next
-// segment, in the ring, finds it offloaded), when the table removes it,
-// when a next hop changes, and before a hand-off.
+// A flow goes once the client's ACK has established it: the program
+// forwards the request, the response and both FINs, and gives the flow
+// back at the ACK that ends it, so the engine handles four segments of a
+// connection that carries one request instead of ten (docs/fastpath.md,
+// "When a flow goes"). It goes after the batch that decided it was sent,
+// so that no segment the program forwards overtakes one still queued here.
+// It comes back when the program evicts it (its next segment, in the ring,
+// finds it offloaded), when the table removes it, when a next hop changes,
+// and before a hand-off.
 
 // fastAfter is how many segments of an established flow the engine
-// forwards itself before offloading it.
-const fastAfter = 16
+// forwards itself before offloading it: the handshake's ACK.
+const fastAfter = 1
+
+// fastAgainAfter is how many it forwards before offloading again a flow
+// that came back early (options the program does not read, a window it
+// refuses): such a flow may well come back again, and each round trip
+// costs the map updates.
+const fastAgainAfter = 16
 
 // fastMaxEvictions is how often a flow may come back early (options the
 // program does not read, a window it refuses) before it stays with the
@@ -53,10 +60,10 @@ type fastState struct {
 // fastStats are a worker's fast-path counters.
 type fastStats struct {
 	offloads  atomic.Uint64
-	failed    atomic.Uint64    // offloads the map refused (full)
-	back      [4]atomic.Uint64 // flows taken back, by fastpath.Evict* reason (0: by the engine)
-	offloaded atomic.Int64     // flows the program has now
-	late      atomic.Uint64    // segments that were in the ring when their flow went, run through the program
+	failed    atomic.Uint64                    // offloads the map refused (full)
+	back      [fastpath.NumEvict]atomic.Uint64 // flows taken back, by fastpath.Evict* reason (0: by the engine)
+	offloaded atomic.Int64                     // flows the program has now
+	late      atomic.Uint64                    // segments that were in the ring when their flow went, run through the program
 }
 
 // pendingOffload is a flow decided for the fast path in this batch.
@@ -148,7 +155,11 @@ func (w *worker) countForFast(fl *conntrack.Flow) {
 		return
 	}
 	fl.FastRun++
-	if fl.FastRun == fastAfter && len(w.fastPending) < cap(w.fastPending) {
+	due := uint16(fastAfter)
+	if fl.FastEvictions > 0 {
+		due = fastAgainAfter
+	}
+	if fl.FastRun == due && len(w.fastPending) < cap(w.fastPending) {
 		w.fastPending = append(w.fastPending, pendingOffload{fl: fl, key: fl.Key})
 	}
 }
@@ -198,6 +209,7 @@ func (w *worker) offload(fl *conntrack.Flow) {
 	}
 	v.LastNs = uint64(fastpath.Monotonic())
 	v.Backend = fl.Backend
+	v.State = uint32(conntrack.StateEstablished)
 	if err := fs.path.Insert(id, v, k); err != nil {
 		w.stats.fast.failed.Add(1)
 		return
@@ -264,10 +276,11 @@ func (w *worker) takeBack(fl *conntrack.Flow) {
 	fl.SetWindow(conntrack.FromBackend, conntrack.PeerState(v.Peers[1]))
 	fl.NoteToBackend(v.TSLast, v.Note&fastpath.NoteTS != 0, v.SeqEnd)
 	w.fastLastSeen(fl, v.LastNs)
-	if v.Evicted != fastpath.EvictFlags {
+	w.fastState(fl, v.State)
+	if v.Evicted != fastpath.EvictFlags && v.Evicted != fastpath.EvictClose {
 		fl.FastEvictions++
 	}
-	w.stats.fast.back[v.Evicted&3].Add(1)
+	w.stats.fast.back[min(v.Evicted, fastpath.NumEvict-1)].Add(1)
 	// The program's direction 0 is conntrack.FromClient, whose segments go
 	// to the backend: dirToBackend, also 0.
 	be := w.reg.backends[fl.Backend]
@@ -291,6 +304,15 @@ func (w *worker) fastLastSeen(fl *conntrack.Flow, lastNs uint64) {
 	}
 }
 
+// fastState moves fl to the state the program took it to with the FINs
+// it forwarded.
+func (w *worker) fastState(fl *conntrack.Flow, st uint32) {
+	s := conntrack.State(st)
+	if s != fl.State() && s >= conntrack.StateEstablished && s <= conntrack.StateLastAck {
+		w.table.SetState(fl, s)
+	}
+}
+
 // Release implements conntrack.Offloader.
 func (w *worker) Release(fl *conntrack.Flow) { w.takeBack(fl) }
 
@@ -299,6 +321,7 @@ func (w *worker) Refresh(fl *conntrack.Flow) {
 	id, _ := w.table.FlowID(fl)
 	if err := w.dp.fast.path.Peek(id, &w.fastFlow); err == nil {
 		w.fastLastSeen(fl, w.fastFlow.LastNs)
+		w.fastState(fl, w.fastFlow.State)
 	}
 }
 
@@ -361,7 +384,7 @@ func newFastDescs(d func(name, help string, labels ...string) *prometheus.Desc) 
 		bytes:    d("fastpath_bytes_total", "IP bytes the kernel fast path forwarded."),
 		offloads: d("fastpath_offloads_total", "Flows handed to the kernel fast path."),
 		failed:   d("fastpath_offload_failures_total", "Offloads refused because the fast path held its most flows."),
-		back:     d("fastpath_returns_total", "Flows taken back from the fast path, by reason: flags (SYN, FIN, RST), options, window, engine (removed, hand-off, next hop changed).", "reason"),
+		back:     d("fastpath_returns_total", "Flows taken back from the fast path, by reason: close (the ACK that ends the flow), flags (SYN, RST), options, window, engine (removed, hand-off, next hop changed).", "reason"),
 		flows:    d("fastpath_flows", "Flows the kernel fast path holds."),
 		passed:   d("fastpath_passed_total", "Segments of flows the fast path had given back, passed to rawlb."),
 		late:     d("fastpath_late_total", "Segments that were in the ring when their flow went to the fast path, run through its program by rawlb."),
@@ -376,7 +399,7 @@ func (f *fastDescs) describe(ch chan<- *prometheus.Desc) {
 }
 
 // fastReturnNames labels fastStats.back, by fastpath.Evict* value.
-var fastReturnNames = [4]string{0: "engine", fastpath.EvictFlags: "flags", fastpath.EvictOptions: "options", fastpath.EvictWindow: "window"}
+var fastReturnNames = [fastpath.NumEvict]string{0: "engine", fastpath.EvictFlags: "flags", fastpath.EvictOptions: "options", fastpath.EvictWindow: "window", fastpath.EvictClose: "close"}
 
 // fastCounts are packets and bytes by direction (dirToBackend,
 // dirToClient).
@@ -407,7 +430,7 @@ func (f *fastDescs) collect(b *Balancer, counter func(*prometheus.Desc, uint64, 
 		return
 	}
 	var offloads, failed, late uint64
-	var back [4]uint64
+	var back [fastpath.NumEvict]uint64
 	var flows int64
 	for _, w := range b.stats {
 		offloads += w.fast.offloads.Load()

@@ -5,8 +5,11 @@
 // copies into and out of the packet ring. It does for those segments exactly
 // what the engine's worker does (conntrack's inWindow, then the rewrite of
 // addresses, ports, sequence and timestamp offsets, window scale and MACs),
-// and gives everything else back to the engine: SYN, FIN and RST, segments
-// whose options it does not parse, and segments its window check refuses.
+// and follows the flow through its FINs as conntrack's state machine does.
+// It gives everything else back to the engine: SYN and RST, the ACK that
+// ends the flow (the engine keeps the TIME_WAIT and the NAT port's memory),
+// segments whose options it does not parse, and segments its window check
+// refuses.
 // A flow it gives a segment back for is marked evicted, under the flow's
 // lock, so that every later segment of the flow follows the first into the
 // ring in order; the engine then takes the flow's state back.
@@ -62,7 +65,20 @@ struct fp_flow {
 	__u32 ts_last, seq_end; // the last TSval and the furthest end sent to the backend
 	__u32 note;             // NOTE_TS: ts_last is set
 	__u32 backend;          // the engine's backend id, for its counters
+	__u32 state;            // conntrack's State: ST_ESTABLISHED to ST_LAST_ACK
+	__u32 pad;
 };
+
+// conntrack's states (conntrack.State) the program moves a flow between.
+// Both directions move them alike, as in conntrack's transitions table
+// (itself after the kernel's tcp_conntracks): a FIN takes Established to
+// FinWait and FinWait or CloseWait to LastAck; an ACK takes FinWait to
+// CloseWait. The ACK in LastAck would take the flow to TimeWait: that one
+// goes to the engine.
+#define ST_ESTABLISHED 3
+#define ST_FIN_WAIT 4
+#define ST_CLOSE_WAIT 5
+#define ST_LAST_ACK 6
 
 #define NOTE_TS 1
 
@@ -70,11 +86,12 @@ struct fp_flow {
 enum {
 	STAT_PACKETS,
 	STAT_BYTES,
-	STAT_EVICT_FLAGS,   // SYN, FIN, RST or no ACK
+	STAT_EVICT_FLAGS,   // SYN, RST or no ACK
 	STAT_EVICT_OPTIONS, // options it does not parse (SACK blocks, IP options, ...)
 	STAT_EVICT_WINDOW,  // outside the window, or an ACK of unseen data
 	STAT_PASSED,        // segments of an evicted flow passed to the engine
 	STAT_IGNORED,       // forwarded without a state change (retransmissions, old ACKs)
+	STAT_EVICT_CLOSE,   // the ACK that takes a flow to TIME_WAIT
 	NUM_STATS,
 };
 
@@ -83,6 +100,7 @@ enum {
 	EVICT_FLAGS = 1,
 	EVICT_OPTIONS,
 	EVICT_WINDOW,
+	EVICT_CLOSE,
 };
 
 struct {
@@ -118,10 +136,24 @@ static __always_inline int after(__u32 a, __u32 b) { return (__s32)(b - a) < 0; 
 
 #define MAX_ACK_WIN_CONST 66000
 
-enum { WIN_OK, WIN_IGNORE, WIN_INVALID };
+enum { WIN_OK, WIN_IGNORE, WIN_INVALID, WIN_CLOSE };
 
-// in_window is conntrack's inWindow for an ACK segment without SYN on an
-// established flow: the four bounds, then the updates. ack and sack are in
+// next_state is conntrack's transition for a FIN or an ACK that passed the
+// window check, in the states the program holds.
+static __always_inline __u32 next_state(__u32 st, __u32 fin)
+{
+	switch (st) {
+	case ST_ESTABLISHED:
+		return fin ? ST_FIN_WAIT : ST_ESTABLISHED;
+	case ST_FIN_WAIT:
+	case ST_CLOSE_WAIT:
+		return fin ? ST_LAST_ACK : ST_CLOSE_WAIT;
+	}
+	return st;
+}
+
+// in_window is conntrack's inWindow for an ACK segment without SYN on a
+// synchronized flow (len counts a FIN as one): the four bounds, then the updates. ack and sack are in
 // the receiver's numbering; sack is the highest SACK edge if above ack.
 // Called with the flow's lock held.
 static __always_inline int in_window(struct fp_flow *fl, __u32 d, __u32 seq, __u32 len, __u32 ack, __u32 sack, __u16 rawwin)
@@ -238,8 +270,9 @@ static __always_inline int handle(struct __sk_buff *skb, __u32 ip_len)
 	struct fp_dir *dr = &fl->dir[d];
 
 	__u8 flags = ((__u8 *)tcp)[13];
-	if ((flags & (F_SYN | F_FIN | F_RST | F_ACK)) != F_ACK)
+	if ((flags & (F_SYN | F_RST | F_ACK)) != F_ACK)
 		return evict(fl, EVICT_FLAGS, STAT_EVICT_FLAGS);
+	__u32 fin = flags & F_FIN;
 	if (ihl != 20)
 		return evict(fl, EVICT_OPTIONS, STAT_EVICT_OPTIONS);
 
@@ -318,11 +351,17 @@ static __always_inline int handle(struct __sk_buff *skb, __u32 ip_len)
 		count(STAT_PASSED, 1);
 		return TC_ACT_OK;
 	}
-	int v = in_window(fl, d, seq, len, ack2, sack, rawwin);
-	if (v == WIN_INVALID) {
-		fl->evicted = EVICT_WINDOW;
+	int v;
+	if (fl->state == ST_LAST_ACK && !fin)
+		v = WIN_CLOSE; // the engine checks it and takes the flow to TIME_WAIT
+	else if (fl->state < ST_ESTABLISHED || fl->state > ST_LAST_ACK)
+		v = WIN_INVALID; // not a state the program tracks: the engine decides
+	else
+		v = in_window(fl, d, seq, len + fin, ack2, sack, rawwin);
+	if (v == WIN_INVALID || v == WIN_CLOSE) {
+		fl->evicted = v == WIN_CLOSE ? EVICT_CLOSE : EVICT_WINDOW;
 		bpf_spin_unlock(&fl->lock);
-		count(STAT_EVICT_WINDOW, 1);
+		count(v == WIN_CLOSE ? STAT_EVICT_CLOSE : STAT_EVICT_WINDOW, 1);
 		// The SACK edges may have been rewritten already: put them back
 		// for the engine, which translates them itself. (Reading them in
 		// one loop and rewriting them in another, after the check, would
@@ -341,8 +380,10 @@ static __always_inline int handle(struct __sk_buff *skb, __u32 ip_len)
 		}
 		return TC_ACT_OK;
 	}
-	if (v == WIN_OK)
+	if (v == WIN_OK) {
 		fl->last_ns = now;
+		fl->state = next_state(fl->state, fin);
+	}
 	fl->packets[d]++;
 	fl->bytes[d] += iplen;
 	if (d == 0) {
@@ -350,8 +391,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u32 ip_len)
 			fl->ts_last = bpf_ntohl(ts[0]) + dr->tsval_add;
 			fl->note |= NOTE_TS;
 		}
-		if ((__s32)(seq2 + len - fl->seq_end) > 0)
-			fl->seq_end = seq2 + len;
+		if ((__s32)(seq2 + len + fin - fl->seq_end) > 0)
+			fl->seq_end = seq2 + len + fin; // a FIN counts, as in packet.TCP.SeqEnd
 	}
 	bpf_spin_unlock(&fl->lock);
 	if (v == WIN_IGNORE)
