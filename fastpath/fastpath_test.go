@@ -11,6 +11,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
 
+	"github.com/rawlb/rawlb/conntrack"
 	"github.com/rawlb/rawlb/internal/testenv"
 )
 
@@ -363,12 +364,13 @@ func TestGivesBackWhatItDoesNotForward(t *testing.T) {
 	}
 }
 
-// conntrack.State values (the program's ST_*).
+// The program's ST_* are conntrack's State values: the engine stores them
+// as they come back (fastState in rawlb/fast.go).
 const (
-	stEstablished = 3
-	stFinWait     = 4
-	stCloseWait   = 5
-	stLastAck     = 6
+	stEstablished = uint32(conntrack.StateEstablished)
+	stFinWait     = uint32(conntrack.StateFinWait)
+	stCloseWait   = uint32(conntrack.StateCloseWait)
+	stLastAck     = uint32(conntrack.StateLastAck)
 )
 
 // TestFollowsTheClose walks a flow through both FINs: the program forwards

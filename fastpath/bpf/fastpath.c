@@ -153,8 +153,9 @@ static __always_inline __u32 next_state(__u32 st, __u32 fin)
 }
 
 // in_window is conntrack's inWindow for an ACK segment without SYN on a
-// synchronized flow (len counts a FIN as one): the four bounds, then the updates. ack and sack are in
-// the receiver's numbering; sack is the highest SACK edge if above ack.
+// synchronized flow (len counts a FIN as one): the four bounds, then the
+// updates. ack and sack are in the receiver's numbering; sack is the
+// highest SACK edge if above ack.
 // Called with the flow's lock held.
 static __always_inline int in_window(struct fp_flow *fl, __u32 d, __u32 seq, __u32 len, __u32 ack, __u32 sack, __u16 rawwin)
 {
@@ -354,8 +355,6 @@ static __always_inline int handle(struct __sk_buff *skb, __u32 ip_len)
 	int v;
 	if (fl->state == ST_LAST_ACK && !fin)
 		v = WIN_CLOSE; // the engine checks it and takes the flow to TIME_WAIT
-	else if (fl->state < ST_ESTABLISHED || fl->state > ST_LAST_ACK)
-		v = WIN_INVALID; // not a state the program tracks: the engine decides
 	else
 		v = in_window(fl, d, seq, len + fin, ack2, sack, rawwin);
 	if (v == WIN_INVALID || v == WIN_CLOSE) {
