@@ -377,7 +377,7 @@ func (t *Table) Restart(f *Flow, syn SYN, now int64) {
 	keep := *f
 	*f = Flow{
 		Key: keep.Key, BackendAddr: keep.BackendAddr, NATPort: keep.NATPort, ClientMAC: keep.ClientMAC,
-		ClientIf: keep.ClientIf, Backend: keep.Backend, Syn: syn, Created: now, LastSeen: now, idx: keep.idx,
+		LocalMAC: keep.LocalMAC, ClientIf: keep.ClientIf, Backend: keep.Backend, Syn: syn, Created: now, LastSeen: now, idx: keep.idx,
 	}
 	t.setOffsets(f, mem)
 	f.state = StateSynSent

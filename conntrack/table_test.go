@@ -243,7 +243,22 @@ func TestRestartKeepsPort(t *testing.T) {
 	if c.f.State() != StateClose {
 		t.Fatalf("state %v", c.f.State())
 	}
+	// Everything that says where the flow's frames go stays: the frames
+	// to the client went out from a zero MAC, which a bridge drops, when
+	// Restart lost LocalMAC.
+	c.f.LocalMAC = [6]byte{2, 0x52, 0x4c, 0, 0, 1}
+	type where struct {
+		k          ClientKey
+		b          Endpoint
+		cmac, lmac [6]byte
+		ifindex    int32
+		backend    uint32
+	}
+	was := where{c.f.Key, c.f.BackendAddr, c.f.ClientMAC, c.f.LocalMAC, c.f.ClientIf, c.f.Backend}
 	tab.Restart(c.f, SYN{Seq: 5000, WScale: -1}, 3*sec)
+	if is := (where{c.f.Key, c.f.BackendAddr, c.f.ClientMAC, c.f.LocalMAC, c.f.ClientIf, c.f.Backend}); is != was {
+		t.Errorf("Restart changed where the flow goes: %+v, was %+v", is, was)
+	}
 	if c.f.NATPort != port || c.f.State() != StateSynSent || tab.HalfOpen() != 1 || tab.Live(0) != 1 {
 		t.Fatalf("after Restart: port %d (was %d), %v, half-open %d live %d", c.f.NATPort, port, c.f.State(), tab.HalfOpen(), tab.Live(0))
 	}
