@@ -183,6 +183,9 @@ type Flow struct {
 	// with the engine).
 	FastRun       uint16
 	FastEvictions uint8
+	// FastSlot is 1 + the fast path's handshake slot while the flow was
+	// given to it before its handshake completed, else 0.
+	FastSlot uint32
 	// peeked is when the sweep last asked the fast path about the flow
 	// (Table clock).
 	peeked int64

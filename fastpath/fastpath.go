@@ -29,6 +29,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
@@ -98,10 +99,13 @@ type Flow struct {
 	Note           uint32
 	// Backend is the engine's backend id: Live sums the counters by it.
 	Backend uint32
-	// State is the flow's conntrack.State: Established when it goes,
-	// FinWait, CloseWait or LastAck after the FINs the program forwarded.
+	// State is the flow's conntrack.State: SynRecv or Established when it
+	// goes, Established after the handshake's ACK, FinWait, CloseWait or
+	// LastAck after the FINs the program forwarded.
 	State uint32
-	_     uint32
+	// Early is, for a flow given in SynRecv, 1 + the slot whose flag
+	// (Established) the program sets when the handshake completes; else 0.
+	Early uint32
 }
 
 // NoteTS is Flow.Note's bit for a TSLast that is set.
@@ -123,9 +127,10 @@ const (
 	StatEvictFlags
 	StatEvictOptions
 	StatEvictWindow
-	StatPassed     // segments of a flow already given back, passed to the engine
-	StatIgnored    // forwarded without changing the state (conntrack's "ignore")
-	StatEvictClose // flows given back at the ACK that ends them
+	StatPassed      // segments of a flow already given back, passed to the engine
+	StatIgnored     // forwarded without changing the state (conntrack's "ignore")
+	StatEvictClose  // flows given back at the ACK that ends them
+	StatEstablished // handshakes of flows given in SynRecv completed by the program
 	NumStats
 )
 
@@ -134,6 +139,9 @@ type Config struct {
 	// Flows is how many flows the program may hold at once; an offload
 	// beyond it fails with ErrFull and the flow stays with the engine.
 	Flows int
+	// Slots is how many flows may be given in SynRecv at once (Flow.Early,
+	// Established); 0 for none.
+	Slots int
 }
 
 // ErrFull is returned by Insert when the program holds Config.Flows flows.
@@ -148,6 +156,9 @@ type Path struct {
 	keys, flows, stats *ebpf.Map
 	keysFD, flowsFD    uint32
 	lateFD             uint32
+	// est is fp_est, mapped: a uint64 flag per slot.
+	est    []uint64
+	estMap []byte
 
 	mu    sync.Mutex
 	links map[int]link.Link
@@ -165,6 +176,7 @@ func Load(c Config) (*Path, error) {
 	}
 	spec.Maps["fp_flows"].MaxEntries = uint32(c.Flows)
 	spec.Maps["fp_keys"].MaxEntries = uint32(2 * c.Flows)
+	spec.Maps["fp_est"].MaxEntries = uint32(max(c.Slots, 1))
 	coll, err := ebpf.NewCollection(spec)
 	if err != nil {
 		var ve *ebpf.VerifierError
@@ -177,8 +189,25 @@ func Load(c Config) (*Path, error) {
 		flows: coll.Maps["fp_flows"], stats: coll.Maps["fp_stats"], links: map[int]link.Link{}}
 	p.keysFD, p.flowsFD = uint32(p.keys.FD()), uint32(p.flows.FD())
 	p.lateFD = uint32(coll.Programs["rawlb_late"].FD())
+	// The flags as the engine's own memory: an array map's values start at
+	// offset 0 of its mapping, each rounded up to 8 bytes.
+	size := (8*max(c.Slots, 1) + unix.Getpagesize() - 1) &^ (unix.Getpagesize() - 1)
+	m, err := unix.Mmap(coll.Maps["fp_est"].FD(), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		coll.Close()
+		return nil, fmt.Errorf("fastpath: mapping the handshake flags: %w", err)
+	}
+	p.estMap = m
+	p.est = unsafe.Slice((*uint64)(unsafe.Pointer(&m[0])), c.Slots)
 	return p, nil
 }
+
+// ClearEstablished clears slot's flag, before a flow is given with it.
+func (p *Path) ClearEstablished(slot int) { atomic.StoreUint64(&p.est[slot], 0) }
+
+// Established reports whether the program completed the handshake of the
+// flow given with slot. It reads shared memory: no system call.
+func (p *Path) Established(slot int) bool { return atomic.LoadUint64(&p.est[slot]) != 0 }
 
 // Attach puts the program on ifindex's ingress, after any program already
 // there (tcx keeps each link's own place).
@@ -214,6 +243,10 @@ func (p *Path) Detach() error {
 func (p *Path) Close() error {
 	err := p.Detach()
 	p.coll.Close()
+	if p.estMap != nil {
+		_ = unix.Munmap(p.estMap)
+		p.estMap, p.est = nil, nil
+	}
 	return err
 }
 

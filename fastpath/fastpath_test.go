@@ -35,7 +35,7 @@ func TestLayoutMatchesProgram(t *testing.T) {
 			"evicted": unsafe.Offsetof(Flow{}.Evicted), "peers": unsafe.Offsetof(Flow{}.Peers), "dir": unsafe.Offsetof(Flow{}.Dir),
 			"last_ns": unsafe.Offsetof(Flow{}.LastNs), "packets": unsafe.Offsetof(Flow{}.Packets), "bytes": unsafe.Offsetof(Flow{}.Bytes),
 			"ts_last": unsafe.Offsetof(Flow{}.TSLast), "seq_end": unsafe.Offsetof(Flow{}.SeqEnd), "note": unsafe.Offsetof(Flow{}.Note),
-			"backend": unsafe.Offsetof(Flow{}.Backend), "state": unsafe.Offsetof(Flow{}.State),
+			"backend": unsafe.Offsetof(Flow{}.Backend), "state": unsafe.Offsetof(Flow{}.State), "early": unsafe.Offsetof(Flow{}.Early),
 		}},
 	} {
 		var s *btf.Struct
@@ -188,7 +188,7 @@ const (
 
 func newLab(t testing.TB) *lab {
 	testenv.RequirePrivileged(t)
-	p, err := Load(Config{Flows: 16})
+	p, err := Load(Config{Flows: 16, Slots: 4})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,6 +203,14 @@ func newLab(t testing.TB) *lab {
 // reset inserts the lab's flow afresh.
 func (l *lab) reset(t testing.TB) {
 	var f Flow
+	l.fill(&f)
+	if err := l.p.Insert(l.id, &f, &l.keys); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// fill writes the lab's flow into f.
+func (l *lab) fill(f *Flow) {
 	// Established, each side has sent its SYN and acknowledged the
 	// other's; windows of 64 KiB unscaled.
 	f.Peers[0] = Peer{End: cISN + 1, MaxEnd: cISN + 1 + 65535, MaxWin: 65535, MaxAck: bISN + 1, Win: 65535, Flags: 4}
@@ -212,9 +220,6 @@ func (l *lab) reset(t testing.TB) {
 	f.Dir[1] = Dir{Src: ipVIP, Dst: ipClient, SrcPort: [2]byte{0, 80}, DstPort: [2]byte{40000 >> 8, 40000 & 0xff},
 		AckAdd: negate(seqOff), TSecrAdd: negate(100), Ifindex: 2, DstMAC: macClient, SrcMAC: macLB}
 	f.State = stEstablished
-	if err := l.p.Insert(l.id, &f, &l.keys); err != nil {
-		t.Fatal(err)
-	}
 }
 
 func (l *lab) run(t testing.TB, b []byte) (uint32, []byte) {
@@ -225,6 +230,13 @@ func (l *lab) run(t testing.TB, b []byte) (uint32, []byte) {
 		t.Fatal(err)
 	}
 	return ret, out[:len(b)]
+}
+
+// peek0 returns the flow the lab inserts, without inserting it.
+func (l *lab) peek0() Flow {
+	var f Flow
+	l.fill(&f)
+	return f
 }
 
 func (l *lab) peek(t *testing.T) Flow {
@@ -367,11 +379,88 @@ func TestGivesBackWhatItDoesNotForward(t *testing.T) {
 // The program's ST_* are conntrack's State values: the engine stores them
 // as they come back (fastState in rawlb/fast.go).
 const (
+	stSynRecv     = uint32(conntrack.StateSynRecv)
 	stEstablished = uint32(conntrack.StateEstablished)
 	stFinWait     = uint32(conntrack.StateFinWait)
 	stCloseWait   = uint32(conntrack.StateCloseWait)
 	stLastAck     = uint32(conntrack.StateLastAck)
 )
+
+// TestCompletesTheHandshake gives the program a flow with the backend's
+// SYN-ACK, as the engine does before it sends it: only the client's ACK of
+// exactly the backend's ISN+1 takes it to Established, and sets the flow's
+// slot in the shared flags, which the engine reads without a system call.
+func TestCompletesTheHandshake(t *testing.T) {
+	const slot = 2
+	synRecv := func(t *testing.T) *lab {
+		l := newLab(t)
+		l.p.Remove(l.id, &l.keys)
+		l.p.ClearEstablished(slot)
+		f := l.peek0()
+		f.State, f.Early = stSynRecv, slot+1
+		f.Peers[0].Flags, f.Peers[0].MaxAck = 0, 0 // the client has acknowledged nothing yet
+		if err := l.p.Insert(l.id, &f, &l.keys); err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	for _, c := range []struct {
+		name string
+		s    seg
+	}{
+		{"an ACK of something else", seg{src: ipClient, dst: ipVIP, sport: 40000, dport: 80, seq: cISN + 1, ack: bISN + 2, flags: fACK, win: 502}},
+		{"an ACK with a FIN", seg{src: ipClient, dst: ipVIP, sport: 40000, dport: 80, seq: cISN + 1, ack: bISN + 1, flags: fACK | fFIN, win: 502}},
+		{"the backend's ACK", seg{src: ipBE, dst: ipVIP, sport: 8080, dport: 61000, seq: bISN + 1, ack: cISN + 1 + seqOff, flags: fACK, win: 509}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			l := synRecv(t)
+			in := frame(c.s)
+			if ret, out := l.run(t, in); ret != actOK || string(out) != string(in) {
+				t.Fatalf("action %d, changed %v; want it unchanged, to the engine", ret, string(out) != string(in))
+			}
+			if f := l.peek(t); f.Evicted != EvictWindow || f.State != stSynRecv || l.p.Established(slot) {
+				t.Errorf("evicted %d state %d established %v; want EvictWindow, SynRecv, not established", f.Evicted, f.State, l.p.Established(slot))
+			}
+		})
+	}
+	t.Run("the handshake's ACK", func(t *testing.T) {
+		l := synRecv(t)
+		steps := []seg{
+			{src: ipClient, dst: ipVIP, sport: 40000, dport: 80, seq: cISN + 1, ack: bISN + 1, flags: fACK, win: 502},
+			{src: ipClient, dst: ipVIP, sport: 40000, dport: 80, seq: cISN + 1, ack: bISN + 1, flags: fACK | fPSH, win: 502, payload: 100},
+		}
+		for i, s := range steps {
+			ret, out := l.run(t, frame(s))
+			if ret != actRedirect {
+				t.Fatalf("segment %d: action %d, want redirect", i, ret)
+			}
+			checksumsOK(t, out)
+			if got := binary.BigEndian.Uint32(out[14+20+4:]); got != cISN+1+seqOff {
+				t.Errorf("segment %d: sequence number %d, want %d", i, got, cISN+1+seqOff)
+			}
+			if f := l.peek(t); f.State != stEstablished || f.Evicted != 0 {
+				t.Errorf("segment %d: state %d evicted %d, want Established", i, f.State, f.Evicted)
+			}
+		}
+		for i := range 4 {
+			if got := l.p.Established(i); got != (i == slot) {
+				t.Errorf("slot %d established %v", i, got)
+			}
+		}
+		st, err := l.p.Stats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st[StatEstablished] != 1 || st[StatPackets] != 2 {
+			t.Errorf("counters %v", st)
+		}
+		// A slot is cleared before it is used again.
+		l.p.ClearEstablished(slot)
+		if l.p.Established(slot) {
+			t.Errorf("slot %d still set after ClearEstablished", slot)
+		}
+	})
+}
 
 // TestFollowsTheClose walks a flow through both FINs: the program forwards
 // them and their ACKs with conntrack's transitions, counts each FIN in the

@@ -312,7 +312,7 @@ func New(cfg *config.Config, opts Options) (_ *Balancer, err error) {
 		return nil, err
 	}
 	// The fast path before the rings: they bind for it (ring.Config.IPOnly).
-	if err := b.maybeStartFast(); err != nil {
+	if err := b.maybeStartFast(workers); err != nil {
 		return nil, err
 	}
 	if b.dp.fast != nil {

@@ -43,6 +43,15 @@ func TestFastpathTransfers(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.echoIntoFastPath(t, c)
+	// It went with the backend's SYN-ACK, so the program completed the
+	// handshake; rawlb learns it between batches and counts the flow
+	// established, not half-open (its SYN cookies turn on that count).
+	netlab.WaitFor(t, 5*time.Second, "the echo flow established for rawlb too", func() bool {
+		return s.metric(t, "rawlb_flows_half_open") == 0 && s.metric(t, "rawlb_flows", "state", "Established") == 1
+	})
+	if n := s.metric(t, "rawlb_fastpath_handshakes_total"); n != 1 {
+		t.Errorf("the program completed %v handshakes, want the echo's", n)
+	}
 	be := s.backendLabel(t, name)
 	toClient := func() float64 {
 		return s.metric(t, "rawlb_backend_packets_total", "backend", be, "direction", "to_client")
@@ -87,8 +96,8 @@ func TestFastpathTransfers(t *testing.T) {
 		return s.metric(t, "rawlb_fastpath_flows") == 0 && s.metric(t, "rawlb_fastpath_returns_total", "reason", "close") >= 3 &&
 			s.metric(t, "rawlb_flows_active") == 0
 	})
-	if n := s.metric(t, "rawlb_fastpath_offloads_total"); n != 3 {
-		t.Errorf("%v flows offloaded, want the echo and the 2 transfers", n)
+	if n, hs := s.metric(t, "rawlb_fastpath_offloads_total"), s.metric(t, "rawlb_fastpath_handshakes_total"); n != 3 || hs != 3 {
+		t.Errorf("%v flows offloaded, %v of them with their SYN-ACK; want the echo and the 2 transfers, all 3", n, hs)
 	}
 	// Once a flow is back, rawlb_packets_total counts its packets from
 	// both paths.
@@ -112,8 +121,9 @@ func TestFastpathTransfers(t *testing.T) {
 }
 
 // echoIntoFastPath echoes bytes over c, a connection in ECHO mode, until
-// it is the one flow in rawlb's fast path (it goes once established; after
-// coming back early, after 16 segments rawlb forwarded itself).
+// it is the one flow in rawlb's fast path (it goes with the backend's
+// SYN-ACK; after coming back early, after 16 segments rawlb forwarded
+// itself).
 func (s *setup) echoIntoFastPath(t *testing.T, c net.Conn) {
 	t.Helper()
 	for i := 0; s.metric(t, "rawlb_fastpath_flows") != 1; i++ {

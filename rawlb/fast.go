@@ -18,15 +18,28 @@ import (
 // The engine's side of the fast path (package fastpath): which flows go to
 // the kernel, and taking them back.
 //
-// A flow goes once the client's ACK has established it: the program
-// forwards the request, the response and both FINs, and gives the flow
-// back at the ACK that ends it, so the engine handles four segments of a
-// connection that carries one request instead of ten (docs/fastpath.md,
-// "When a flow goes"). It goes after the batch that decided it was sent,
-// so that no segment the program forwards overtakes one still queued here.
+// A flow goes with the backend's SYN-ACK: the program completes the
+// handshake with the client's ACK, forwards the request, the response and
+// both FINs, and gives the flow back at the ACK that ends it, so the engine
+// handles three segments of a connection that carries one request instead
+// of ten (docs/fastpath.md, "When a flow goes"). It goes before the batch
+// with the SYN-ACK is sent: the client's ACK cannot come before it, and on
+// a veth it comes inside the very send. A flow that could not go then (no
+// handshake slot free, SYN cookies) goes once its ACK has established it,
+// after the batch that decided it was sent, so that no segment the program
+// forwards overtakes one still queued here.
 // It comes back when the program evicts it (its next segment, in the ring,
 // finds it offloaded), when the table removes it, when a next hop changes,
 // and before a hand-off.
+
+// fastSlots is how many flows a worker may have given to the program
+// before their handshake completed: the slots of the flags through which
+// the program tells it (fastpath.Path.Established). Beyond it, a flow goes
+// once established. A handshake that never completes (a spoofed SYN that
+// the backend answered) holds its slot until the half-open timeout, so a
+// SYN flood below the cookie threshold costs at most this many early
+// offloads per worker.
+const fastSlots = 1024
 
 // fastAfter is how many segments of an established flow the engine
 // forwards itself before offloading it: the handshake's ACK.
@@ -72,10 +85,18 @@ type pendingOffload struct {
 	key conntrack.ClientKey // the slot may hold another flow by the time it goes
 }
 
+// earlyOffload is a flow given to the program with its SYN-ACK, whose
+// handshake the program has not yet been seen to complete.
+type earlyOffload struct {
+	fl   *conntrack.Flow
+	key  conntrack.ClientKey
+	slot uint32 // fl.FastSlot while the entry is current
+}
+
 // startFast loads the program and attaches it to every interface that is
 // up, is not a loopback and is allowed (cfg.Interfaces).
-func startFast(flows int, allowed map[int]bool) (*fastState, []string, error) {
-	p, err := fastpath.Load(fastpath.Config{Flows: flows})
+func startFast(flows, slots int, allowed map[int]bool) (*fastState, []string, error) {
+	p, err := fastpath.Load(fastpath.Config{Flows: flows, Slots: slots})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -108,12 +129,12 @@ func startFast(flows int, allowed map[int]bool) (*fastState, []string, error) {
 // on or fail, auto if the kernel allows it, else with one line saying why
 // not (a kernel before 6.6 has no tcx; a container without CAP_BPF cannot
 // load programs).
-func (b *Balancer) maybeStartFast() error {
+func (b *Balancer) maybeStartFast(workers int) error {
 	mode := b.cfg.Fastpath
 	if mode == config.FastpathOff {
 		return nil
 	}
-	err := b.startFast()
+	err := b.startFast(workers)
 	if err != nil && mode == config.FastpathAuto {
 		b.log.Warn("fastpath: off, every segment goes through the packet rings (fastpath: auto)", "err", err)
 		return nil
@@ -123,8 +144,8 @@ func (b *Balancer) maybeStartFast() error {
 
 // startFast loads the fast path and attaches it; the workers are made
 // after it.
-func (b *Balancer) startFast() error {
-	fs, names, err := startFast(fastFlows, b.nb.allowed)
+func (b *Balancer) startFast(workers int) error {
+	fs, names, err := startFast(fastFlows, workers*fastSlots, b.nb.allowed)
 	if err != nil {
 		return err
 	}
@@ -149,9 +170,20 @@ func (w *worker) fastKeys(fl *conntrack.Flow) *[2]fastpath.Key {
 }
 
 // countForFast counts a segment the engine forwarded for fl, and queues
-// fl for the fast path when it is due.
+// fl for the fast path when it is due; a flow whose SYN-ACK was just
+// queued goes at once.
 func (w *worker) countForFast(fl *conntrack.Flow) {
-	if fl.State() != conntrack.StateEstablished || fl.Offloaded() || fl.FastEvictions >= fastMaxEvictions {
+	if fl.Offloaded() || fl.FastEvictions >= fastMaxEvictions {
+		return
+	}
+	switch fl.State() {
+	case conntrack.StateEstablished:
+	case conntrack.StateSynRecv:
+		if fl.FastEvictions == 0 {
+			w.offloadEarly(fl)
+		}
+		return
+	default:
 		return
 	}
 	fl.FastRun++
@@ -170,24 +202,76 @@ func (w *worker) offloadPending() {
 	for i := range w.fastPending {
 		p := &w.fastPending[i]
 		if fl := p.fl; fl.State() == conntrack.StateEstablished && fl.Key == p.key && !fl.Offloaded() {
-			w.offload(fl)
+			w.offload(fl, 0)
 		}
 		p.fl = nil
 	}
 	w.fastPending = w.fastPending[:0]
 }
 
+// offloadEarly gives fl to the program in SynRecv, with a handshake slot,
+// before the batch with its SYN-ACK is sent.
+func (w *worker) offloadEarly(fl *conntrack.Flow) {
+	n := len(w.fastFree)
+	if n == 0 || len(w.fastEarly) == cap(w.fastEarly) {
+		return
+	}
+	slot := w.fastFree[n-1]
+	w.dp.fast.path.ClearEstablished(int(slot))
+	if !w.offload(fl, slot+1) {
+		return
+	}
+	w.fastFree = w.fastFree[:n-1]
+	fl.FastSlot = slot + 1
+	w.fastEarly = append(w.fastEarly, earlyOffload{fl: fl, key: fl.Key, slot: slot + 1})
+}
+
+// fastHandshakes runs between batches: flows whose handshake the program
+// completed are Established for the engine too (its count of half-open
+// flows turns the SYN cookies on), and entries of flows that came back or
+// went are dropped.
+func (w *worker) fastHandshakes() {
+	keep := w.fastEarly[:0]
+	for _, e := range w.fastEarly {
+		fl := e.fl
+		if fl.FastSlot != e.slot || fl.Key != e.key {
+			continue // taken back (the slot is free again) or gone
+		}
+		if !w.dp.fast.path.Established(int(e.slot - 1)) {
+			keep = append(keep, e)
+			continue
+		}
+		if fl.State() == conntrack.StateSynRecv {
+			w.table.SetState(fl, conntrack.StateEstablished)
+			fl.LastSeen = w.now
+		}
+		w.freeSlot(fl)
+	}
+	clear(w.fastEarly[len(keep):])
+	w.fastEarly = keep
+}
+
+// freeSlot gives fl's handshake slot back, if it has one.
+func (w *worker) freeSlot(fl *conntrack.Flow) {
+	if fl.FastSlot != 0 {
+		w.fastFree = append(w.fastFree, fl.FastSlot-1)
+		fl.FastSlot = 0
+	}
+}
+
 // offload gives fl to the program: its windows as tracked so far, and how
-// each direction is rewritten, as toBackend and toClient do it.
-func (w *worker) offload(fl *conntrack.Flow) {
+// each direction is rewritten, as toBackend and toClient do it; early is
+// 1 + the handshake slot of a flow given in SynRecv, else 0. It reports
+// whether the program has the flow.
+func (w *worker) offload(fl *conntrack.Flow, early uint32) bool {
 	fs := w.dp.fast
 	_, h := w.hopOf(fl)
 	if h == nil || !fs.ifs[h.ifindex] || !fs.ifs[fl.ClientIf] {
-		return
+		return false
 	}
 	id, ok := w.table.FlowID(fl)
 	if !ok {
-		return
+		return false
 	}
 	v := &w.fastFlow
 	*v = fastpath.Flow{}
@@ -209,14 +293,16 @@ func (w *worker) offload(fl *conntrack.Flow) {
 	}
 	v.LastNs = uint64(fastpath.Monotonic())
 	v.Backend = fl.Backend
-	v.State = uint32(conntrack.StateEstablished)
+	v.State = uint32(fl.State())
+	v.Early = early
 	if err := fs.path.Insert(id, v, k); err != nil {
 		w.stats.fast.failed.Add(1)
-		return
+		return false
 	}
 	fl.SetOffloaded(true)
 	w.stats.fast.offloads.Add(1)
 	w.stats.fast.offloaded.Add(1)
+	return true
 }
 
 // fastSegment handles a segment of an offloaded flow that reached the
@@ -263,6 +349,7 @@ func (w *worker) takeBack(fl *conntrack.Flow) {
 	fs := w.dp.fast
 	fl.SetOffloaded(false)
 	fl.FastRun = 0
+	w.freeSlot(fl)
 	w.stats.fast.offloaded.Add(-1)
 	id, _ := w.table.FlowID(fl)
 	v := &w.fastFlow
@@ -304,11 +391,21 @@ func (w *worker) fastLastSeen(fl *conntrack.Flow, lastNs uint64) {
 	}
 }
 
-// fastState moves fl to the state the program took it to with the FINs
-// it forwarded.
+// fastState moves fl to the state the program took it to with the
+// handshake's ACK and the FINs it forwarded.
 func (w *worker) fastState(fl *conntrack.Flow, st uint32) {
 	s := conntrack.State(st)
-	if s != fl.State() && s >= conntrack.StateEstablished && s <= conntrack.StateLastAck {
+	if s == fl.State() || s < conntrack.StateSynRecv || s > conntrack.StateLastAck {
+		return
+	}
+	if fl.State() == conntrack.StateSynRecv {
+		// Through Established, which the program passed: the flow counts
+		// as established once (conntrack.Flow.EverEstablished), and a new
+		// SYN on its key starts a new flow rather than retrying this
+		// handshake on the backend it has since closed.
+		w.table.SetState(fl, conntrack.StateEstablished)
+	}
+	if s != conntrack.StateEstablished {
 		w.table.SetState(fl, s)
 	}
 }
@@ -375,25 +472,26 @@ func (b *Balancer) resumeFast() {
 
 // fastDescs are the fast path's metrics, exported only while it is on.
 type fastDescs struct {
-	packets, bytes, offloads, failed, back, flows, passed, ignored, late *prometheus.Desc
+	packets, bytes, offloads, failed, back, flows, passed, ignored, late, handshakes *prometheus.Desc
 }
 
 func newFastDescs(d func(name, help string, labels ...string) *prometheus.Desc) fastDescs {
 	return fastDescs{
-		packets:  d("fastpath_packets_total", "Packets the kernel fast path forwarded (rawlb_packets_total counts them too)."),
-		bytes:    d("fastpath_bytes_total", "IP bytes the kernel fast path forwarded."),
-		offloads: d("fastpath_offloads_total", "Flows handed to the kernel fast path."),
-		failed:   d("fastpath_offload_failures_total", "Offloads refused because the fast path held its most flows."),
-		back:     d("fastpath_returns_total", "Flows taken back from the fast path, by reason: close (the ACK that ends the flow), flags (SYN, RST), options, window, engine (removed, hand-off, next hop changed).", "reason"),
-		flows:    d("fastpath_flows", "Flows the kernel fast path holds."),
-		passed:   d("fastpath_passed_total", "Segments of flows the fast path had given back, passed to rawlb."),
-		late:     d("fastpath_late_total", "Segments that were in the ring when their flow went to the fast path, run through its program by rawlb."),
-		ignored:  d("fastpath_ignored_total", "Segments the fast path forwarded without a state change (retransmissions, old ACKs), as conntrack does."),
+		packets:    d("fastpath_packets_total", "Packets the kernel fast path forwarded (rawlb_packets_total counts them too)."),
+		bytes:      d("fastpath_bytes_total", "IP bytes the kernel fast path forwarded."),
+		offloads:   d("fastpath_offloads_total", "Flows handed to the kernel fast path."),
+		failed:     d("fastpath_offload_failures_total", "Offloads refused because the fast path held its most flows."),
+		back:       d("fastpath_returns_total", "Flows taken back from the fast path, by reason: close (the ACK that ends the flow), flags (SYN, RST), options, window, engine (removed, hand-off, next hop changed).", "reason"),
+		flows:      d("fastpath_flows", "Flows the kernel fast path holds."),
+		passed:     d("fastpath_passed_total", "Segments of flows the fast path had given back, passed to rawlb."),
+		late:       d("fastpath_late_total", "Segments that were in the ring when their flow went to the fast path, run through its program by rawlb."),
+		ignored:    d("fastpath_ignored_total", "Segments the fast path forwarded without a state change (retransmissions, old ACKs), as conntrack does."),
+		handshakes: d("fastpath_handshakes_total", "Handshakes the kernel fast path completed: flows handed to it with the backend's SYN-ACK, whose client's ACK it forwarded."),
 	}
 }
 
 func (f *fastDescs) describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{f.packets, f.bytes, f.offloads, f.failed, f.back, f.flows, f.passed, f.ignored, f.late} {
+	for _, d := range []*prometheus.Desc{f.packets, f.bytes, f.offloads, f.failed, f.back, f.flows, f.passed, f.ignored, f.late, f.handshakes} {
 		ch <- d
 	}
 }
@@ -453,5 +551,6 @@ func (f *fastDescs) collect(b *Balancer, counter func(*prometheus.Desc, uint64, 
 		counter(f.bytes, st[fastpath.StatBytes])
 		counter(f.passed, st[fastpath.StatPassed])
 		counter(f.ignored, st[fastpath.StatIgnored])
+		counter(f.handshakes, st[fastpath.StatEstablished])
 	}
 }

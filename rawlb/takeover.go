@@ -158,7 +158,7 @@ func (b *Balancer) TakeOver(child *handoff.Child) error {
 				return errors.New("upgrade: the inherited ring sockets see frames before tc (the parent ran without the fast path): restart instead to turn it on")
 			}
 			b.log.Warn("fastpath: off: the inherited ring sockets see frames before tc (the parent ran without it); a restart turns it on")
-		} else if err := b.maybeStartFast(); err != nil {
+		} else if err := b.maybeStartFast(len(b.socks)); err != nil {
 			return fmt.Errorf("upgrade: %w", err)
 		}
 	}

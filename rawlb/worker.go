@@ -87,9 +87,12 @@ type worker struct {
 	stop        atomic.Bool
 	lastSendErr time.Time
 
-	// The fast path's (fast.go): flows to offload after this batch, and
-	// scratch space for the map values.
+	// The fast path's (fast.go): flows to offload after this batch, flows
+	// given with their SYN-ACK and the free handshake slots, and scratch
+	// space for the map values.
 	fastPending []pendingOffload
+	fastEarly   []earlyOffload
+	fastFree    []uint32
 	fastFlow    fastpath.Flow
 	fastKey     [2]fastpath.Key
 	fastHdr     [fastpath.MaxHeaders]byte
@@ -100,6 +103,11 @@ func newWorker(id int, dp *dataplane, l link, table *conntrack.Table, batch int,
 	w := &worker{id: id, dp: dp, link: l, table: table, pkts: make([]ring.Packet, batch), out: make([]ring.Out, 0, 3*batch), stats: stats}
 	if dp.fast != nil {
 		w.fastPending = make([]pendingOffload, 0, batch)
+		w.fastEarly = make([]earlyOffload, 0, 2*fastSlots)
+		w.fastFree = make([]uint32, fastSlots)
+		for i := range w.fastFree {
+			w.fastFree[i] = uint32(id*fastSlots + fastSlots - 1 - i) // the lowest first
+		}
 		table.SetOffloader(w)
 	}
 	w.gen = make([][]byte, 2*batch)
@@ -157,6 +165,9 @@ func (w *worker) batch(n int) {
 	w.flush()
 	if len(w.fastPending) > 0 {
 		w.offloadPending()
+	}
+	if len(w.fastEarly) > 0 {
+		w.fastHandshakes()
 	}
 	w.link.Release(n)
 	if w.now >= w.nextSweep {

@@ -877,3 +877,22 @@ func TestMaglevKeepsClientsWhileTheirBackendIsUp(t *testing.T) {
 		t.Error("with b1 back, the clients did not return to where they were")
 	}
 }
+
+// A flow the fast path had from its SYN-ACK may come back already closing,
+// if no batch ran while the program completed its handshake: it counts as
+// established once, and no longer as half-open, so that a new SYN on its
+// key opens a new flow instead of retrying this handshake (reopen).
+func TestFastStateThroughEstablished(t *testing.T) {
+	h := newHarness(t, nil)
+	syn := client(packet.FlagSYN, 1000, 0)
+	toBe := one(t, h.in(syn.frame(t)))
+	one(t, h.in(fromBe(uint16(toBe.tcp.SrcPort), packet.FlagSYN|packet.FlagACK, 9000, toBe.tcp.Seq+1).frame(t)))
+	fl := h.w.table.LookupClient(conntrack.ClientKey{Client: conntrack.Endpoint{IP: tClient, Port: 51000}, VIP: conntrack.Endpoint{IP: tSrcIP, Port: tPort}})
+	if fl == nil || fl.State() != conntrack.StateSynRecv || h.w.table.HalfOpen() != 1 {
+		t.Fatalf("after the SYN-ACK: flow %v, half-open %d", fl, h.w.table.HalfOpen())
+	}
+	h.w.fastState(fl, uint32(conntrack.StateLastAck))
+	if fl.State() != conntrack.StateLastAck || !fl.EverEstablished() || h.w.table.HalfOpen() != 0 {
+		t.Errorf("after the program's LastAck: %v, ever established %v, half-open %d", fl.State(), fl.EverEstablished(), h.w.table.HalfOpen())
+	}
+}

@@ -237,9 +237,10 @@ cleanup() {
 		kill -KILL "$pid" 2>/dev/null
 		wait "$pid" 2>/dev/null
 	done
-	# BENCH_LOGS_DIR keeps the balancers' and servers' logs of the run.
+	# BENCH_LOGS_DIR keeps the balancers' and servers' logs of the run, and
+	# rawlb's metrics before and after each load.
 	if [ -n "${BENCH_LOGS_DIR:-}" ]; then
-		mkdir -p "$BENCH_LOGS_DIR" && find "$WORK" -name '*.log' -exec cp --parents -t "$BENCH_LOGS_DIR" {} + 2>/dev/null
+		mkdir -p "$BENCH_LOGS_DIR" && find "$WORK" \( -name '*.log' -o -name 'metrics-*' \) -exec cp --parents -t "$BENCH_LOGS_DIR" {} + 2>/dev/null
 	fi
 	rm -rf "$WORK"
 	rm -f "$LOCKDIR/rawlb-bench-$TAG.lock"
@@ -1146,7 +1147,7 @@ counter_deltas() {
 	fi
 	awk '
 		FNR == NR { if ($1 !~ /^#/) before[$1] = $2; next }
-		$1 ~ /^rawlb_(packets|drops|ring_drops|gso_frames|resets_sent|nat_port_exhausted|flows_created|flows_refused|flows_expired|icmp_translated)_total/ {
+		$1 ~ /^rawlb_(packets|drops|ring_drops|gso_frames|resets_sent|nat_port_exhausted|flows_created|flows_refused|flows_expired|icmp_translated|fastpath_offloads|fastpath_offload_failures|fastpath_returns|fastpath_late|fastpath_passed|fastpath_packets)_total/ {
 			d = $2 - before[$1]
 			if (d != 0) printf "%s +%.0f\n", $1, d
 		}' "$b" "$a"

@@ -6,6 +6,10 @@
 // what the engine's worker does (conntrack's inWindow, then the rewrite of
 // addresses, ports, sequence and timestamp offsets, window scale and MACs),
 // and follows the flow through its FINs as conntrack's state machine does.
+// It may also get a flow before its handshake is over, with the backend's
+// SYN-ACK: then the client's ACK of it completes the handshake here, and
+// the program marks the flow's slot in fp_est for the engine, which reads
+// that array through a shared mapping between batches.
 // It gives everything else back to the engine: SYN and RST, the ACK that
 // ends the flow (the engine keeps the TIME_WAIT and the NAT port's memory),
 // segments whose options it does not parse, and segments its window check
@@ -65,8 +69,8 @@ struct fp_flow {
 	__u32 ts_last, seq_end; // the last TSval and the furthest end sent to the backend
 	__u32 note;             // NOTE_TS: ts_last is set
 	__u32 backend;          // the engine's backend id, for its counters
-	__u32 state;            // conntrack's State: ST_ESTABLISHED to ST_LAST_ACK
-	__u32 pad;
+	__u32 state;            // conntrack's State: ST_SYN_RECV to ST_LAST_ACK
+	__u32 early;            // for a flow given in ST_SYN_RECV: 1 + its slot in fp_est; else 0
 };
 
 // conntrack's states (conntrack.State) the program moves a flow between.
@@ -74,7 +78,10 @@ struct fp_flow {
 // (itself after the kernel's tcp_conntracks): a FIN takes Established to
 // FinWait and FinWait or CloseWait to LastAck; an ACK takes FinWait to
 // CloseWait. The ACK in LastAck would take the flow to TimeWait: that one
-// goes to the engine.
+// goes to the engine. In SynRecv only the client's ACK of the backend's
+// SYN-ACK, exactly (RFC 9293 3.10.7.4, as conntrack checks it), moves the
+// flow on, to Established; anything else there goes to the engine.
+#define ST_SYN_RECV 2
 #define ST_ESTABLISHED 3
 #define ST_FIN_WAIT 4
 #define ST_CLOSE_WAIT 5
@@ -92,6 +99,7 @@ enum {
 	STAT_PASSED,        // segments of an evicted flow passed to the engine
 	STAT_IGNORED,       // forwarded without a state change (retransmissions, old ACKs)
 	STAT_EVICT_CLOSE,   // the ACK that takes a flow to TIME_WAIT
+	STAT_ESTABLISHED,   // handshakes completed here (flows given in SynRecv)
 	NUM_STATS,
 };
 
@@ -116,6 +124,18 @@ struct {
 	__type(key, __u32);
 	__type(value, struct fp_flow);
 } fp_flows SEC(".maps");
+
+// fp_est[slot] is set to 1 when the handshake of the flow given with that
+// slot (fp_flow.early) completes here. The engine maps it (BPF_F_MMAPABLE)
+// and reads it between batches without a system call, so that its count of
+// half-open flows, on which the SYN cookie defence turns, stays right.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, __u64);
+} fp_est SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -353,8 +373,11 @@ static __always_inline int handle(struct __sk_buff *skb, __u32 ip_len)
 		return TC_ACT_OK;
 	}
 	int v;
+	__u32 est = 0;
 	if (fl->state == ST_LAST_ACK && !fin)
 		v = WIN_CLOSE; // the engine checks it and takes the flow to TIME_WAIT
+	else if (fl->state == ST_SYN_RECV && (d != 0 || fin || ack2 != fl->peers[1].end))
+		v = WIN_INVALID; // not the handshake's ACK: the engine decides
 	else
 		v = in_window(fl, d, seq, len + fin, ack2, sack, rawwin);
 	if (v == WIN_INVALID || v == WIN_CLOSE) {
@@ -381,7 +404,11 @@ static __always_inline int handle(struct __sk_buff *skb, __u32 ip_len)
 	}
 	if (v == WIN_OK) {
 		fl->last_ns = now;
-		fl->state = next_state(fl->state, fin);
+		if (fl->state == ST_SYN_RECV) {
+			fl->state = ST_ESTABLISHED;
+			est = fl->early;
+		} else
+			fl->state = next_state(fl->state, fin);
 	}
 	fl->packets[d]++;
 	fl->bytes[d] += iplen;
@@ -396,6 +423,13 @@ static __always_inline int handle(struct __sk_buff *skb, __u32 ip_len)
 	bpf_spin_unlock(&fl->lock);
 	if (v == WIN_IGNORE)
 		count(STAT_IGNORED, 1);
+	if (est) {
+		__u32 slot = est - 1;
+		__u64 *e = bpf_map_lookup_elem(&fp_est, &slot);
+		if (e)
+			*e = 1;
+		count(STAT_ESTABLISHED, 1);
+	}
 
 	// The rewrite. Sums of the changes: pseudo-header (addresses) and the
 	// rest of the TCP header, applied by the helpers, which know whether
