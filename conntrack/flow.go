@@ -186,6 +186,9 @@ type Flow struct {
 	// FastSlot is 1 + the fast path's handshake slot while the flow was
 	// given to it before its handshake completed, else 0.
 	FastSlot uint32
+	// FastGen numbers the flow's last offload, to tell the fast path's
+	// news of it from news of an earlier one.
+	FastGen uint32
 	// peeked is when the sweep last asked the fast path about the flow
 	// (Table clock).
 	peeked int64

@@ -30,6 +30,19 @@ func (t *Table) FlowID(f *Flow) (uint32, bool) {
 	return uint32(t.worker)<<24 | f.idx, true
 }
 
+// FlowByID returns the live flow FlowID gave id to, or nil: an id of
+// another worker's, or of a slot that holds no flow now.
+func (t *Table) FlowByID(id uint32) *Flow {
+	i := id & (1<<24 - 1)
+	if id>>24 != uint32(t.worker) || i >= t.used {
+		return nil
+	}
+	if f := t.flow(i); f.state != StateNone {
+		return f
+	}
+	return nil
+}
+
 // Offloaded reports whether the fast path has f.
 func (f *Flow) Offloaded() bool { return f.flags&flagOffload != 0 }
 

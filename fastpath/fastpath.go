@@ -106,6 +106,23 @@ type Flow struct {
 	// Early is, for a flow given in SynRecv, 1 + the slot whose flag
 	// (Established) the program sets when the handshake completes; else 0.
 	Early uint32
+	// Gen is the engine's number for this offload, which the program
+	// copies into the Event that says it closed the flow: an event about
+	// an earlier offload of the same flow id is told apart.
+	Gen uint32
+	_   uint32
+}
+
+// Event is fp_event: the program forwarded the ACK that takes flow ID to
+// TimeWait, deleted its keys, and tells its worker how the flow ended. The
+// flow's entry stays in the map until the engine deletes it (DeleteFlows).
+type Event struct {
+	ID, Gen        uint32
+	State, Note    uint32
+	TSLast, SeqEnd uint32
+	Peers          [2]Peer
+	LastNs         uint64
+	Packets, Bytes [2]uint64
 }
 
 // NoteTS is Flow.Note's bit for a TSLast that is set.
@@ -116,7 +133,7 @@ const (
 	EvictFlags   = 1 // a SYN or RST, or a segment without ACK
 	EvictOptions = 2 // options the program does not read, or IP options
 	EvictWindow  = 3 // outside the windows: the engine decides
-	EvictClose   = 4 // the ACK in LastAck, which takes the flow to TimeWait
+	EvictClose   = 4 // the flow closed: the ACK in LastAck, which takes it to TimeWait
 	NumEvict     = 5 // one more than the highest Evict* value
 )
 
@@ -131,6 +148,8 @@ const (
 	StatIgnored     // forwarded without changing the state (conntrack's "ignore")
 	StatEvictClose  // flows given back at the ACK that ends them
 	StatEstablished // handshakes of flows given in SynRecv completed by the program
+	StatClosed      // flows the program took to TimeWait and told the engine of (Event)
+	StatEventsLost  // closes the program could not tell (the worker's ring was full): the ACK went to the engine
 	NumStats
 )
 
@@ -142,7 +161,19 @@ type Config struct {
 	// Slots is how many flows may be given in SynRecv at once (Flow.Early,
 	// Established); 0 for none.
 	Slots int
+	// Workers is how many event rings to make (Events), one per worker:
+	// the top 8 bits of a flow id say whose a flow is.
+	Workers int
+	// EventRing is each event ring's size in bytes, a power of 2 and a
+	// multiple of the page size; 0 for DefaultEventRing.
+	EventRing int
 }
+
+// DefaultEventRing is the size of a worker's event ring: 2,500 events
+// (104 bytes and an 8-byte header each), which a worker that reads it
+// after every batch and at least every 50 ms does not fill below 50,000
+// closes a second.
+const DefaultEventRing = 256 << 10
 
 // ErrFull is returned by Insert when the program holds Config.Flows flows.
 var ErrFull = errors.New("fastpath: flow map full")
@@ -159,6 +190,7 @@ type Path struct {
 	// est is fp_est, mapped: a uint64 flag per slot.
 	est    []uint64
 	estMap []byte
+	events []*Events
 
 	mu    sync.Mutex
 	links map[int]link.Link
@@ -167,8 +199,8 @@ type Path struct {
 // Load loads the program and creates its maps. It needs CAP_BPF and
 // CAP_NET_ADMIN (or CAP_SYS_ADMIN), and Linux 6.6 for tcx.
 func Load(c Config) (*Path, error) {
-	if c.Flows < 1 {
-		return nil, fmt.Errorf("fastpath: Config.Flows = %d: need at least 1", c.Flows)
+	if c.Flows < 1 || c.Workers < 1 || c.Workers > 256 {
+		return nil, fmt.Errorf("fastpath: Config.Flows = %d, Workers = %d: need at least 1 of each, at most 256 workers", c.Flows, c.Workers)
 	}
 	spec, err := ebpf.LoadCollectionSpecFromReader(bytes.NewReader(object))
 	if err != nil {
@@ -177,6 +209,13 @@ func Load(c Config) (*Path, error) {
 	spec.Maps["fp_flows"].MaxEntries = uint32(c.Flows)
 	spec.Maps["fp_keys"].MaxEntries = uint32(2 * c.Flows)
 	spec.Maps["fp_est"].MaxEntries = uint32(max(c.Slots, 1))
+	spec.Maps["fp_events"].MaxEntries = uint32(c.Workers)
+	if c.EventRing != 0 {
+		if c.EventRing&(c.EventRing-1) != 0 || c.EventRing%unix.Getpagesize() != 0 {
+			return nil, fmt.Errorf("fastpath: Config.EventRing = %d: want a power of 2 and a multiple of the page size", c.EventRing)
+		}
+		spec.Maps["fp_events"].InnerMap.MaxEntries = uint32(c.EventRing)
+	}
 	coll, err := ebpf.NewCollection(spec)
 	if err != nil {
 		var ve *ebpf.VerifierError
@@ -199,8 +238,19 @@ func Load(c Config) (*Path, error) {
 	}
 	p.estMap = m
 	p.est = unsafe.Slice((*uint64)(unsafe.Pointer(&m[0])), c.Slots)
+	for w := range c.Workers {
+		e, err := newEvents(spec.Maps["fp_events"].InnerMap, coll.Maps["fp_events"], w)
+		if err != nil {
+			p.Close()
+			return nil, err
+		}
+		p.events = append(p.events, e)
+	}
 	return p, nil
 }
+
+// Events returns worker w's event ring.
+func (p *Path) Events(w int) *Events { return p.events[w] }
 
 // ClearEstablished clears slot's flag, before a flow is given with it.
 func (p *Path) ClearEstablished(slot int) { atomic.StoreUint64(&p.est[slot], 0) }
@@ -247,16 +297,40 @@ func (p *Path) Close() error {
 		_ = unix.Munmap(p.estMap)
 		p.estMap, p.est = nil, nil
 	}
+	for _, e := range p.events {
+		e.close()
+	}
+	p.events = nil
 	return err
 }
 
 // bpf(2) commands and flags (include/uapi/linux/bpf.h).
 const (
-	cmdLookup = 1
-	cmdUpdate = 2
-	cmdDelete = 3
-	flagLock  = 4 // BPF_F_LOCK: copy the value under its spin lock
+	cmdLookup      = 1
+	cmdUpdate      = 2
+	cmdDelete      = 3
+	cmdUpdateBatch = 26
+	cmdDeleteBatch = 27
+	flagLock       = 4 // BPF_F_LOCK: copy the value under its spin lock
 )
+
+// batchAttr is union bpf_attr for the BPF_MAP_*_BATCH commands.
+type batchAttr struct {
+	inBatch, outBatch, keys, values uint64
+	count, fd                       uint32
+	elemFlags, flags                uint64
+}
+
+// batch runs a batch command on n keys (and values), and returns how many
+// elements it did.
+func batch(cmd uintptr, fd uint32, keys, values unsafe.Pointer, n uint32) (uint32, error) {
+	a := batchAttr{keys: uint64(uintptr(keys)), values: uint64(uintptr(values)), count: n, fd: fd}
+	_, _, e := unix.Syscall(unix.SYS_BPF, cmd, uintptr(unsafe.Pointer(&a)), unsafe.Sizeof(a))
+	if e != 0 {
+		return a.count, e
+	}
+	return a.count, nil
+}
 
 // elemAttr is union bpf_attr for the map element commands.
 type elemAttr struct {
@@ -280,7 +354,8 @@ func elem(cmd uintptr, fd uint32, key, value unsafe.Pointer, flags uint64) error
 }
 
 // Insert gives the program flow id, found under the keys of its two
-// directions (k[0] from the client, k[1] from the backend).
+// directions (k[0] from the client, k[1] from the backend): two system
+// calls, the flow and then both keys in one batch.
 func (p *Path) Insert(id uint32, f *Flow, k *[2]Key) error {
 	f.Evicted = 0
 	if err := elem(cmdUpdate, p.flowsFD, unsafe.Pointer(&id), unsafe.Pointer(f), 0); err != nil {
@@ -289,17 +364,29 @@ func (p *Path) Insert(id uint32, f *Flow, k *[2]Key) error {
 		}
 		return fmt.Errorf("fastpath: inserting flow %d: %w", id, err)
 	}
-	for d := range k {
-		r := ref{ID: id, Dir: uint32(d)}
-		if err := elem(cmdUpdate, p.keysFD, unsafe.Pointer(&k[d]), unsafe.Pointer(&r), 0); err != nil {
-			p.Remove(id, k)
-			if err == unix.E2BIG {
-				return ErrFull
-			}
-			return fmt.Errorf("fastpath: inserting a key of flow %d: %w", id, err)
+	r := [2]ref{{ID: id, Dir: 0}, {ID: id, Dir: 1}}
+	if _, err := batch(cmdUpdateBatch, p.keysFD, unsafe.Pointer(&k[0]), unsafe.Pointer(&r[0]), 2); err != nil {
+		p.Remove(id, k)
+		if err == unix.E2BIG {
+			return ErrFull
 		}
+		return fmt.Errorf("fastpath: inserting the keys of flow %d: %w", id, err)
 	}
 	return nil
+}
+
+// DeleteFlows deletes the entries of flows the engine has read the Event
+// of: one system call for them all. An id without an entry is skipped.
+func (p *Path) DeleteFlows(ids []uint32) {
+	for len(ids) > 0 {
+		n, err := batch(cmdDeleteBatch, p.flowsFD, unsafe.Pointer(&ids[0]), nil, uint32(len(ids)))
+		if err == nil {
+			return
+		}
+		// The kernel stops at the first id it does not find (ENOENT),
+		// having deleted n: skip that one and go on.
+		ids = ids[min(int(n)+1, len(ids)):]
+	}
 }
 
 // Take removes flow id from the program and returns it as it was at the

@@ -36,7 +36,10 @@ func TestLayoutMatchesProgram(t *testing.T) {
 			"last_ns": unsafe.Offsetof(Flow{}.LastNs), "packets": unsafe.Offsetof(Flow{}.Packets), "bytes": unsafe.Offsetof(Flow{}.Bytes),
 			"ts_last": unsafe.Offsetof(Flow{}.TSLast), "seq_end": unsafe.Offsetof(Flow{}.SeqEnd), "note": unsafe.Offsetof(Flow{}.Note),
 			"backend": unsafe.Offsetof(Flow{}.Backend), "state": unsafe.Offsetof(Flow{}.State), "early": unsafe.Offsetof(Flow{}.Early),
+			"gen": unsafe.Offsetof(Flow{}.Gen),
 		}},
+		// fp_event has no BTF (only a stack variable has its type):
+		// TestFollowsTheClose checks every field of an event as read.
 	} {
 		var s *btf.Struct
 		if err := spec.Types.TypeByName(c.name, &s); err != nil {
@@ -187,8 +190,15 @@ const (
 )
 
 func newLab(t testing.TB) *lab {
+	return newLabConfig(t, Config{Flows: 16, Slots: 4, Workers: 1})
+}
+
+// labGen is the lab flow's Flow.Gen.
+const labGen = 9
+
+func newLabConfig(t testing.TB, c Config) *lab {
 	testenv.RequirePrivileged(t)
-	p, err := Load(Config{Flows: 16, Slots: 4})
+	p, err := Load(c)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -220,6 +230,7 @@ func (l *lab) fill(f *Flow) {
 	f.Dir[1] = Dir{Src: ipVIP, Dst: ipClient, SrcPort: [2]byte{0, 80}, DstPort: [2]byte{40000 >> 8, 40000 & 0xff},
 		AckAdd: negate(seqOff), TSecrAdd: negate(100), Ifindex: 2, DstMAC: macClient, SrcMAC: macLB}
 	f.State = stEstablished
+	f.Gen = labGen
 }
 
 func (l *lab) run(t testing.TB, b []byte) (uint32, []byte) {
@@ -462,12 +473,10 @@ func TestCompletesTheHandshake(t *testing.T) {
 	})
 }
 
-// TestFollowsTheClose walks a flow through both FINs: the program forwards
-// them and their ACKs with conntrack's transitions, counts each FIN in the
-// sequence end toward the backend, and gives the flow back at the ACK that
-// would take it to TimeWait, before it changes anything.
-func TestFollowsTheClose(t *testing.T) {
-	l := newLab(t)
+// walkToLastAck takes the lab's flow through both FINs, checking each
+// segment on the way, and returns the flow in LastAck.
+func walkToLastAck(t *testing.T, l *lab) Flow {
+	t.Helper()
 	steps := []struct {
 		name  string
 		s     seg
@@ -501,22 +510,110 @@ func TestFollowsTheClose(t *testing.T) {
 	if f.Peers[0].End != cISN+12 || f.Peers[1].End != bISN+102 {
 		t.Errorf("ends %d and %d, want %d and %d", f.Peers[0].End, f.Peers[1].End, cISN+12, bISN+102)
 	}
+	return f
+}
 
-	last := frame(seg{src: ipClient, dst: ipVIP, sport: 40000, dport: 80, seq: cISN + 12, ack: bISN + 102, flags: fACK, win: 502})
-	ret, out := l.run(t, last)
-	if ret != actOK || string(out) != string(last) {
-		t.Fatalf("the last ACK: action %d, changed %v; want it unchanged, to the engine", ret, string(out) != string(last))
+// lastACK is the client's ACK of the backend's FIN in walkToLastAck.
+func lastACK() []byte {
+	return frame(seg{src: ipClient, dst: ipVIP, sport: 40000, dport: 80, seq: cISN + 12, ack: bISN + 102, flags: fACK, win: 502})
+}
+
+// TestFollowsTheClose walks a flow through both FINs: the program forwards
+// them and their ACKs with conntrack's transitions and counts each FIN in
+// the sequence end toward the backend. It forwards the ACK that takes the
+// flow to TimeWait too, deletes both keys, and tells the flow's worker its
+// last state in an event; the entry stays until the engine deletes it.
+func TestFollowsTheClose(t *testing.T) {
+	l := newLab(t)
+	f := walkToLastAck(t, l)
+	if l.p.Events(0).Pending() {
+		t.Fatal("an event before the flow closed")
 	}
-	g := l.peek(t)
-	if g.Evicted != EvictClose || g.State != stLastAck || g.Peers != f.Peers {
-		t.Errorf("after the last ACK: evicted %d state %d, peers changed %v; want EvictClose, LastAck, unchanged", g.Evicted, g.State, g.Peers != f.Peers)
+	ret, out := l.run(t, lastACK())
+	if ret != actRedirect {
+		t.Fatalf("the last ACK: action %d, want redirect", ret)
+	}
+	checksumsOK(t, out)
+	if got := binary.BigEndian.Uint32(out[14+20+4:]); got != cISN+12+seqOff {
+		t.Errorf("the last ACK's sequence number %d, want %d", got, cISN+12+seqOff)
+	}
+	var ev Event
+	if !l.p.Events(0).Next(&ev) {
+		t.Fatal("no event for the closed flow")
+	}
+	if ev.ID != l.id || ev.Gen != labGen || ev.State != uint32(conntrack.StateTimeWait) || ev.SeqEnd != f.SeqEnd ||
+		ev.Packets != [2]uint64{2, 4} || ev.Bytes != [2]uint64{f.Bytes[0] + 40, f.Bytes[1]} || ev.Peers[1] != f.Peers[1] || ev.Peers[0].MaxAck != bISN+102 || ev.LastNs == 0 {
+		t.Errorf("event %+v; flow before the last ACK %+v", ev, f)
+	}
+	if l.p.Events(0).Next(&ev) || l.p.Events(0).Pending() {
+		t.Error("a second event")
+	}
+	for d, k := range l.keys {
+		var r ref
+		if err := elem(cmdLookup, l.p.keysFD, unsafe.Pointer(&k), unsafe.Pointer(&r), 0); !errors.Is(err, unix.ENOENT) {
+			t.Errorf("key %d after the close: %v, want ENOENT", d, err)
+		}
+	}
+	// What comes after goes to the engine, which has the flow in TimeWait.
+	again := frame(seg{src: ipBE, dst: ipVIP, sport: 8080, dport: 61000, seq: bISN + 101, ack: cISN + 12 + seqOff, flags: fACK | fFIN, win: 509})
+	if ret, out := l.run(t, again); ret != actOK || string(out) != string(again) {
+		t.Errorf("a FIN after the close: action %d, changed %v; want it unchanged, to the engine", ret, string(out) != string(again))
+	}
+	if g := l.peek(t); g.State != uint32(conntrack.StateTimeWait) {
+		t.Errorf("the entry after the close: state %d", g.State)
+	}
+	l.p.DeleteFlows([]uint32{99, l.id, 98}) // ids without an entry are skipped
+	var g Flow
+	if err := l.p.Peek(l.id, &g); !errors.Is(err, unix.ENOENT) {
+		t.Errorf("the entry after DeleteFlows: %v, want ENOENT", err)
 	}
 	stats, err := l.p.Stats()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if stats[StatEvictClose] != 1 || stats[StatPackets] != uint64(len(steps)) {
+	if stats[StatClosed] != 1 || stats[StatEvictClose] != 0 || stats[StatPackets] != 6 {
 		t.Errorf("counters %v", stats)
+	}
+}
+
+// TestClosesWithAFullRing fills a worker's event ring with closes the
+// engine does not read: the close that finds it full gives the flow back
+// instead, at its last ACK, as for any eviction, so that nothing is lost.
+func TestClosesWithAFullRing(t *testing.T) {
+	l := newLabConfig(t, Config{Flows: 16, Slots: 4, Workers: 1, EventRing: 4096})
+	for i := 0; ; i++ {
+		if i == 100 {
+			t.Fatal("100 closes did not fill a 4 KiB ring")
+		}
+		if i > 0 {
+			l.p.Remove(l.id, &l.keys)
+			l.reset(t)
+		}
+		walkToLastAck(t, l)
+		last := lastACK()
+		ret, out := l.run(t, last)
+		if ret == actRedirect {
+			continue
+		}
+		if ret != actOK || string(out) != string(last) {
+			t.Fatalf("close %d: action %d, changed %v; want it unchanged, to the engine", i, ret, string(out) != string(last))
+		}
+		if f := l.peek(t); f.Evicted != EvictClose || f.State != uint32(conntrack.StateTimeWait) {
+			t.Errorf("close %d with the ring full: evicted %d state %d, want EvictClose in TimeWait", i, f.Evicted, f.State)
+		}
+		st, err := l.p.Stats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		var ev Event
+		for l.p.Events(0).Next(&ev) {
+			n++
+		}
+		if st[StatEventsLost] != 1 || st[StatClosed] != uint64(i) || n != i || i < 4096/(112+8) {
+			t.Errorf("after %d closes: counters %v, %d events read", i, st, n)
+		}
+		return
 	}
 }
 

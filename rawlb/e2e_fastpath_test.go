@@ -89,13 +89,17 @@ func TestFastpathTransfers(t *testing.T) {
 		t.Fatalf("64 MiB reached %s with SHA-256 %s, want %s", name, put, want)
 	}
 
-	// Both flows end: the program forwards both FINs, and the last ACK
-	// brings each back (reason "close"); the table empties after the
+	// Both flows end: the program forwards both FINs and the last ACK,
+	// and tells rawlb through the worker's event ring, which brings each
+	// back (reason "close") in TimeWait; the table empties after the
 	// closing timeout.
 	netlab.WaitFor(t, 10*time.Second, "both flows back from the fast path and gone", func() bool {
 		return s.metric(t, "rawlb_fastpath_flows") == 0 && s.metric(t, "rawlb_fastpath_returns_total", "reason", "close") >= 3 &&
 			s.metric(t, "rawlb_flows_active") == 0
 	})
+	if n, lost := s.metric(t, "rawlb_fastpath_closes_total"), s.metric(t, "rawlb_fastpath_events_lost_total"); n != 3 || lost != 0 {
+		t.Errorf("the program closed %v flows (%v closes not told), want all 3", n, lost)
+	}
 	if n, hs := s.metric(t, "rawlb_fastpath_offloads_total"), s.metric(t, "rawlb_fastpath_handshakes_total"); n != 3 || hs != 3 {
 		t.Errorf("%v flows offloaded, %v of them with their SYN-ACK; want the echo and the 2 transfers, all 3", n, hs)
 	}

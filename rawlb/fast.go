@@ -19,16 +19,18 @@ import (
 // the kernel, and taking them back.
 //
 // A flow goes with the backend's SYN-ACK: the program completes the
-// handshake with the client's ACK, forwards the request, the response and
-// both FINs, and gives the flow back at the ACK that ends it, so the engine
-// handles three segments of a connection that carries one request instead
-// of ten (docs/fastpath.md, "When a flow goes"). It goes before the batch
+// handshake with the client's ACK, forwards the request, the response,
+// both FINs and the ACK that ends the flow, and then tells the worker
+// through its event ring, so the engine handles two segments of a
+// connection that carries one request instead of ten (docs/fastpath.md,
+// "When a flow goes"). It goes before the batch
 // with the SYN-ACK is sent: the client's ACK cannot come before it, and on
 // a veth it comes inside the very send. A flow that could not go then (no
 // handshake slot free, SYN cookies) goes once its ACK has established it,
 // after the batch that decided it was sent, so that no segment the program
 // forwards overtakes one still queued here.
-// It comes back when the program evicts it (its next segment, in the ring,
+// It comes back when the program closes it (an event, read between
+// batches), when the program evicts it (its next segment, in the ring,
 // finds it offloaded), when the table removes it, when a next hop changes,
 // and before a hand-off.
 
@@ -95,8 +97,8 @@ type earlyOffload struct {
 
 // startFast loads the program and attaches it to every interface that is
 // up, is not a loopback and is allowed (cfg.Interfaces).
-func startFast(flows, slots int, allowed map[int]bool) (*fastState, []string, error) {
-	p, err := fastpath.Load(fastpath.Config{Flows: flows, Slots: slots})
+func startFast(flows, workers int, allowed map[int]bool) (*fastState, []string, error) {
+	p, err := fastpath.Load(fastpath.Config{Flows: flows, Slots: workers * fastSlots, Workers: workers})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -145,7 +147,7 @@ func (b *Balancer) maybeStartFast(workers int) error {
 // startFast loads the fast path and attaches it; the workers are made
 // after it.
 func (b *Balancer) startFast(workers int) error {
-	fs, names, err := startFast(fastFlows, workers*fastSlots, b.nb.allowed)
+	fs, names, err := startFast(fastFlows, workers, b.nb.allowed)
 	if err != nil {
 		return err
 	}
@@ -295,10 +297,13 @@ func (w *worker) offload(fl *conntrack.Flow, early uint32) bool {
 	v.Backend = fl.Backend
 	v.State = uint32(fl.State())
 	v.Early = early
+	w.fastGen++
+	v.Gen = w.fastGen
 	if err := fs.path.Insert(id, v, k); err != nil {
 		w.stats.fast.failed.Add(1)
 		return false
 	}
+	fl.FastGen = v.Gen
 	fl.SetOffloaded(true)
 	w.stats.fast.offloads.Add(1)
 	w.stats.fast.offloaded.Add(1)
@@ -315,6 +320,14 @@ func (w *worker) offload(fl *conntrack.Flow, early uint32) bool {
 // headers, through the same maps, and the engine sends the frame with what
 // it rewrote, so the fast path's state stays whole and the flow stays.
 func (w *worker) fastSegment(p *ring.Packet, f *packet.Frame, fl *conntrack.Flow, d conntrack.Direction, state packet.CsumState) bool {
+	// The program may have closed it since this batch began (a peer's
+	// retransmitted FIN, say, just behind the last ACK).
+	if w.fastEvents.Pending() {
+		w.fastClosed()
+		if !fl.Offloaded() {
+			return false
+		}
+	}
 	hl := len(f.Eth) + f.IP.HeaderLen() + f.TCP.HeaderLen()
 	if hl <= fastpath.MaxHeaders {
 		hdr := w.fastHdr[:hl]
@@ -343,22 +356,60 @@ func (w *worker) fastSegment(p *ring.Packet, f *packet.Frame, fl *conntrack.Flow
 	return false
 }
 
-// takeBack takes fl back from the program: its windows, last-seen time,
-// what it sent the backend, and its counters.
-func (w *worker) takeBack(fl *conntrack.Flow) {
-	fs := w.dp.fast
+// fastClosed reads the worker's event ring: the flows the program closed
+// (it forwarded the ACK in LastAck and deleted their keys) come back in
+// TimeWait, and their entries go in one system call. An event about a flow
+// taken back since (Take read and deleted the entry) is dropped.
+func (w *worker) fastClosed() {
+	ev := &w.fastEvent
+	for w.fastEvents.Next(ev) {
+		fl := w.table.FlowByID(ev.ID)
+		if fl == nil || !fl.Offloaded() || fl.FastGen != ev.Gen {
+			continue
+		}
+		v := &w.fastFlow
+		*v = fastpath.Flow{Peers: ev.Peers, LastNs: ev.LastNs, Packets: ev.Packets, Bytes: ev.Bytes,
+			TSLast: ev.TSLast, SeqEnd: ev.SeqEnd, Note: ev.Note, State: ev.State, Evicted: fastpath.EvictClose}
+		w.fastBack(fl)
+		w.restore(fl, v)
+		w.fastDone = append(w.fastDone, ev.ID)
+		if len(w.fastDone) == cap(w.fastDone) {
+			w.dp.fast.path.DeleteFlows(w.fastDone)
+			w.fastDone = w.fastDone[:0]
+		}
+	}
+	if len(w.fastDone) > 0 {
+		w.dp.fast.path.DeleteFlows(w.fastDone)
+		w.fastDone = w.fastDone[:0]
+	}
+}
+
+// fastBack marks fl as the engine's again.
+func (w *worker) fastBack(fl *conntrack.Flow) {
 	fl.SetOffloaded(false)
 	fl.FastRun = 0
 	w.freeSlot(fl)
 	w.stats.fast.offloaded.Add(-1)
+}
+
+// takeBack takes fl back from the program: its windows, last-seen time,
+// what it sent the backend, and its counters.
+func (w *worker) takeBack(fl *conntrack.Flow) {
+	w.fastBack(fl)
 	id, _ := w.table.FlowID(fl)
 	v := &w.fastFlow
-	if err := fs.path.Take(id, w.fastKeys(fl), v); err != nil {
+	if err := w.dp.fast.path.Take(id, w.fastKeys(fl), v); err != nil {
 		// Cannot happen while rawlb alone owns the maps; the flow goes on
 		// with the windows it had when it went.
 		w.dp.log.Warn("taking a flow back from the fast path failed", "flow", fl.String(), "err", err)
 		return
 	}
+	w.restore(fl, v)
+}
+
+// restore gives fl the state the program left it in: its windows,
+// last-seen time, what it sent the backend, and its counters.
+func (w *worker) restore(fl *conntrack.Flow, v *fastpath.Flow) {
 	fl.SetWindow(conntrack.FromClient, conntrack.PeerState(v.Peers[0]))
 	fl.SetWindow(conntrack.FromBackend, conntrack.PeerState(v.Peers[1]))
 	fl.NoteToBackend(v.TSLast, v.Note&fastpath.NoteTS != 0, v.SeqEnd)
@@ -395,7 +446,7 @@ func (w *worker) fastLastSeen(fl *conntrack.Flow, lastNs uint64) {
 // handshake's ACK and the FINs it forwarded.
 func (w *worker) fastState(fl *conntrack.Flow, st uint32) {
 	s := conntrack.State(st)
-	if s == fl.State() || s < conntrack.StateSynRecv || s > conntrack.StateLastAck {
+	if s == fl.State() || s < conntrack.StateSynRecv || s > conntrack.StateTimeWait {
 		return
 	}
 	if fl.State() == conntrack.StateSynRecv {
@@ -453,6 +504,9 @@ func (b *Balancer) stopFast() {
 	}
 	for _, w := range b.workers {
 		w.begin()
+		if w.fastEvents.Pending() {
+			w.fastClosed()
+		}
 		w.takeBackAll()
 	}
 }
@@ -472,7 +526,7 @@ func (b *Balancer) resumeFast() {
 
 // fastDescs are the fast path's metrics, exported only while it is on.
 type fastDescs struct {
-	packets, bytes, offloads, failed, back, flows, passed, ignored, late, handshakes *prometheus.Desc
+	packets, bytes, offloads, failed, back, flows, passed, ignored, late, handshakes, closes, lost *prometheus.Desc
 }
 
 func newFastDescs(d func(name, help string, labels ...string) *prometheus.Desc) fastDescs {
@@ -486,12 +540,14 @@ func newFastDescs(d func(name, help string, labels ...string) *prometheus.Desc) 
 		passed:     d("fastpath_passed_total", "Segments of flows the fast path had given back, passed to rawlb."),
 		late:       d("fastpath_late_total", "Segments that were in the ring when their flow went to the fast path, run through its program by rawlb."),
 		ignored:    d("fastpath_ignored_total", "Segments the fast path forwarded without a state change (retransmissions, old ACKs), as conntrack does."),
+		closes:     d("fastpath_closes_total", "Flows the kernel fast path closed: it forwarded the ACK that takes them to TimeWait and told rawlb through the event ring (these also count as returns, reason close)."),
+		lost:       d("fastpath_events_lost_total", "Closes the kernel fast path could not tell rawlb of because the worker's event ring was full: the last ACK went through rawlb instead."),
 		handshakes: d("fastpath_handshakes_total", "Handshakes the kernel fast path completed: flows handed to it with the backend's SYN-ACK, whose client's ACK it forwarded."),
 	}
 }
 
 func (f *fastDescs) describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{f.packets, f.bytes, f.offloads, f.failed, f.back, f.flows, f.passed, f.ignored, f.late, f.handshakes} {
+	for _, d := range []*prometheus.Desc{f.packets, f.bytes, f.offloads, f.failed, f.back, f.flows, f.passed, f.ignored, f.late, f.handshakes, f.closes, f.lost} {
 		ch <- d
 	}
 }
@@ -552,5 +608,7 @@ func (f *fastDescs) collect(b *Balancer, counter func(*prometheus.Desc, uint64, 
 		counter(f.passed, st[fastpath.StatPassed])
 		counter(f.ignored, st[fastpath.StatIgnored])
 		counter(f.handshakes, st[fastpath.StatEstablished])
+		counter(f.closes, st[fastpath.StatClosed])
+		counter(f.lost, st[fastpath.StatEventsLost])
 	}
 }

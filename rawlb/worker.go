@@ -93,6 +93,10 @@ type worker struct {
 	fastPending []pendingOffload
 	fastEarly   []earlyOffload
 	fastFree    []uint32
+	fastEvents  *fastpath.Events
+	fastEvent   fastpath.Event
+	fastDone    []uint32 // ids of closed flows whose entries are to go
+	fastGen     uint32
 	fastFlow    fastpath.Flow
 	fastKey     [2]fastpath.Key
 	fastHdr     [fastpath.MaxHeaders]byte
@@ -104,6 +108,8 @@ func newWorker(id int, dp *dataplane, l link, table *conntrack.Table, batch int,
 	if dp.fast != nil {
 		w.fastPending = make([]pendingOffload, 0, batch)
 		w.fastEarly = make([]earlyOffload, 0, 2*fastSlots)
+		w.fastEvents = dp.fast.path.Events(id)
+		w.fastDone = make([]uint32, 0, 256)
 		w.fastFree = make([]uint32, fastSlots)
 		for i := range w.fastFree {
 			w.fastFree[i] = uint32(id*fastSlots + fastSlots - 1 - i) // the lowest first
@@ -159,6 +165,9 @@ func (w *worker) run() error {
 // them; then, if due, sweeps.
 func (w *worker) batch(n int) {
 	w.begin()
+	if w.fastEvents != nil && w.fastEvents.Pending() {
+		w.fastClosed() // before any segment of this batch meets a closed flow
+	}
 	for i := 0; i < n; i++ {
 		w.handle(&w.pkts[i])
 	}

@@ -10,10 +10,14 @@
 // SYN-ACK: then the client's ACK of it completes the handshake here, and
 // the program marks the flow's slot in fp_est for the engine, which reads
 // that array through a shared mapping between batches.
-// It gives everything else back to the engine: SYN and RST, the ACK that
-// ends the flow (the engine keeps the TIME_WAIT and the NAT port's memory),
-// segments whose options it does not parse, and segments its window check
-// refuses.
+// The ACK that ends a flow (in LastAck) it forwards too, and then it
+// deletes the flow's keys and tells the engine the flow's last state
+// through the worker's ring buffer (fp_events), which the engine reads
+// between batches without a system call; the engine keeps the TIME_WAIT
+// and the NAT port's memory. Should that ring be full, the ACK goes to the
+// engine instead.
+// It gives everything else back to the engine: SYN and RST, segments whose
+// options it does not parse, and segments its window check refuses.
 // A flow it gives a segment back for is marked evicted, under the flow's
 // lock, so that every later segment of the flow follows the first into the
 // ring in order; the engine then takes the flow's state back.
@@ -71,6 +75,19 @@ struct fp_flow {
 	__u32 backend;          // the engine's backend id, for its counters
 	__u32 state;            // conntrack's State: ST_SYN_RECV to ST_LAST_ACK
 	__u32 early;            // for a flow given in ST_SYN_RECV: 1 + its slot in fp_est; else 0
+	__u32 gen;              // the engine's number for this offload, echoed in fp_event
+	__u32 pad;
+};
+
+// fp_event is what the engine learns of a flow the program closed: its
+// state after the last ACK, as the engine takes a flow back.
+struct fp_event {
+	__u32 id, gen;
+	__u32 state, note;
+	__u32 ts_last, seq_end;
+	struct fp_peer peers[2];
+	__u64 last_ns;
+	__u64 packets[2], bytes[2];
 };
 
 // conntrack's states (conntrack.State) the program moves a flow between.
@@ -86,6 +103,7 @@ struct fp_flow {
 #define ST_FIN_WAIT 4
 #define ST_CLOSE_WAIT 5
 #define ST_LAST_ACK 6
+#define ST_TIME_WAIT 7
 
 #define NOTE_TS 1
 
@@ -100,6 +118,8 @@ enum {
 	STAT_IGNORED,       // forwarded without a state change (retransmissions, old ACKs)
 	STAT_EVICT_CLOSE,   // the ACK that takes a flow to TIME_WAIT
 	STAT_ESTABLISHED,   // handshakes completed here (flows given in SynRecv)
+	STAT_CLOSED,        // flows closed here (the last ACK forwarded, the engine told)
+	STAT_EVENTS_LOST,   // closes the engine could not be told of (ring full): given back instead
 	NUM_STATS,
 };
 
@@ -137,6 +157,18 @@ struct {
 	__type(value, __u64);
 } fp_est SEC(".maps");
 
+// fp_events[worker] is the ring buffer through which the program tells
+// that worker (the top 8 bits of a flow id) of the flows it closed.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__array(values, struct {
+		__uint(type, BPF_MAP_TYPE_RINGBUF);
+		__uint(max_entries, 1 << 18); // fastpath.DefaultEventRing
+	});
+} fp_events SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, NUM_STATS);
@@ -156,7 +188,7 @@ static __always_inline int after(__u32 a, __u32 b) { return (__s32)(b - a) < 0; 
 
 #define MAX_ACK_WIN_CONST 66000
 
-enum { WIN_OK, WIN_IGNORE, WIN_INVALID, WIN_CLOSE };
+enum { WIN_OK, WIN_IGNORE, WIN_INVALID };
 
 // next_state is conntrack's transition for a FIN or an ACK that passed the
 // window check, in the states the program holds.
@@ -214,6 +246,33 @@ static __always_inline int in_window(struct fp_flow *fl, __u32 d, __u32 seq, __u
 	}
 	snd->win = rawwin;
 	return WIN_OK;
+}
+
+// tell_closed deletes the keys of a flow the program just took to
+// TIME_WAIT, so that no later segment finds it, and tells the flow's
+// worker. If the worker's ring is full it marks the flow evicted instead
+// and returns 0: the ACK and what follows go to the engine, which takes
+// the flow back from the map (Take) as for any eviction. The engine
+// deletes the flow's entry when it reads the event.
+static __always_inline int tell_closed(struct fp_flow *fl, struct fp_key *key, struct fp_dir *dr, struct fp_event *ev)
+{
+	// The other direction's key is the reverse of this one's rewrite.
+	struct fp_key other = {.saddr = dr->daddr, .daddr = dr->saddr, .sport = dr->dport, .dport = dr->sport};
+	bpf_map_delete_elem(&fp_keys, key);
+	bpf_map_delete_elem(&fp_keys, &other);
+	__u32 w = ev->id >> 24;
+	void *rb = bpf_map_lookup_elem(&fp_events, &w);
+	if (rb && bpf_ringbuf_output(rb, ev, sizeof(*ev), BPF_RB_NO_WAKEUP) == 0) {
+		count(STAT_CLOSED, 1);
+		return 1;
+	}
+	bpf_spin_lock(&fl->lock);
+	if (!fl->evicted)
+		fl->evicted = EVICT_CLOSE;
+	bpf_spin_unlock(&fl->lock);
+	count(STAT_EVENTS_LOST, 1);
+	count(STAT_EVICT_CLOSE, 1);
+	return 0;
 }
 
 // evict hands the flow back to the engine: this segment and every later one
@@ -373,17 +432,23 @@ static __always_inline int handle(struct __sk_buff *skb, __u32 ip_len)
 		return TC_ACT_OK;
 	}
 	int v;
-	__u32 est = 0;
-	if (fl->state == ST_LAST_ACK && !fin)
-		v = WIN_CLOSE; // the engine checks it and takes the flow to TIME_WAIT
-	else if (fl->state == ST_SYN_RECV && (d != 0 || fin || ack2 != fl->peers[1].end))
+	__u32 est = 0, closed = 0;
+	struct fp_event ev;
+	if (fl->state == ST_TIME_WAIT) {
+		// Closed a moment ago on another CPU, whose keys are going: the
+		// engine has the flow, or will have it with the event.
+		bpf_spin_unlock(&fl->lock);
+		count(STAT_PASSED, 1);
+		return TC_ACT_OK;
+	}
+	if (fl->state == ST_SYN_RECV && (d != 0 || fin || ack2 != fl->peers[1].end))
 		v = WIN_INVALID; // not the handshake's ACK: the engine decides
 	else
 		v = in_window(fl, d, seq, len + fin, ack2, sack, rawwin);
-	if (v == WIN_INVALID || v == WIN_CLOSE) {
-		fl->evicted = v == WIN_CLOSE ? EVICT_CLOSE : EVICT_WINDOW;
+	if (v == WIN_INVALID) {
+		fl->evicted = EVICT_WINDOW;
 		bpf_spin_unlock(&fl->lock);
-		count(v == WIN_CLOSE ? STAT_EVICT_CLOSE : STAT_EVICT_WINDOW, 1);
+		count(STAT_EVICT_WINDOW, 1);
 		// The SACK edges may have been rewritten already: put them back
 		// for the engine, which translates them itself. (Reading them in
 		// one loop and rewriting them in another, after the check, would
@@ -407,6 +472,9 @@ static __always_inline int handle(struct __sk_buff *skb, __u32 ip_len)
 		if (fl->state == ST_SYN_RECV) {
 			fl->state = ST_ESTABLISHED;
 			est = fl->early;
+		} else if (fl->state == ST_LAST_ACK && !fin) {
+			fl->state = ST_TIME_WAIT; // conntrack: an ACK in LastAck, either way
+			closed = 1;
 		} else
 			fl->state = next_state(fl->state, fin);
 	}
@@ -420,7 +488,24 @@ static __always_inline int handle(struct __sk_buff *skb, __u32 ip_len)
 		if ((__s32)(seq2 + len + fin - fl->seq_end) > 0)
 			fl->seq_end = seq2 + len + fin; // a FIN counts, as in packet.TCP.SeqEnd
 	}
+	if (closed) {
+		ev.id = id;
+		ev.gen = fl->gen;
+		ev.state = ST_TIME_WAIT;
+		ev.note = fl->note;
+		ev.ts_last = fl->ts_last;
+		ev.seq_end = fl->seq_end;
+		ev.peers[0] = fl->peers[0];
+		ev.peers[1] = fl->peers[1];
+		ev.last_ns = now;
+		ev.packets[0] = fl->packets[0];
+		ev.packets[1] = fl->packets[1];
+		ev.bytes[0] = fl->bytes[0];
+		ev.bytes[1] = fl->bytes[1];
+	}
 	bpf_spin_unlock(&fl->lock);
+	if (closed && !tell_closed(fl, &key, dr, &ev))
+		return TC_ACT_OK; // given back: the engine forwards the ACK
 	if (v == WIN_IGNORE)
 		count(STAT_IGNORED, 1);
 	if (est) {
