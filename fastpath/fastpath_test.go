@@ -66,6 +66,7 @@ type seg struct {
 	ts           *[2]uint32 // NOP NOP TIMESTAMP
 	sack         bool       // a SACK block after the timestamps
 	mss          bool       // an MSS option (which no established segment carries)
+	opts         []byte     // raw options instead of the above, a multiple of 4 bytes
 	payload      int
 }
 
@@ -98,6 +99,9 @@ func frame(s seg) []byte {
 	if s.mss {
 		opt += 4
 	}
+	if s.opts != nil {
+		opt = len(s.opts)
+	}
 	tl := 20 + opt
 	b := make([]byte, 14+20+tl+s.payload)
 	copy(b[0:6], macLB[:])
@@ -118,19 +122,21 @@ func frame(s seg) []byte {
 	tcp[13] = s.flags
 	binary.BigEndian.PutUint16(tcp[14:], s.win)
 	o := tcp[20:]
-	if s.ts != nil {
+	if s.opts != nil {
+		copy(o, s.opts)
+	} else if s.ts != nil {
 		copy(o, []byte{1, 1, 8, 10})
 		binary.BigEndian.PutUint32(o[4:], s.ts[0])
 		binary.BigEndian.PutUint32(o[8:], s.ts[1])
 		o = o[12:]
 	}
-	if s.sack {
+	if s.sack && s.opts == nil {
 		copy(o, []byte{1, 1, 5, 10})
 		binary.BigEndian.PutUint32(o[4:], s.ack+1000)
 		binary.BigEndian.PutUint32(o[8:], s.ack+2000)
 		o = o[12:]
 	}
-	if s.mss {
+	if s.mss && s.opts == nil {
 		copy(o, []byte{2, 4, 5, 0xb4})
 	}
 	for i := range s.payload {
@@ -516,6 +522,96 @@ func walkToLastAck(t *testing.T, l *lab) Flow {
 // lastACK is the client's ACK of the backend's FIN in walkToLastAck.
 func lastACK() []byte {
 	return frame(seg{src: ipClient, dst: ipVIP, sport: 40000, dport: 80, seq: cISN + 12, ack: bISN + 102, flags: fACK, win: 502})
+}
+
+// synAckOptions is a Linux SYN-ACK's options (tcp_options_write): MSS,
+// SACK-permitted with the timestamps, a NOP and the window scale.
+func synAckOptions(tsval, tsecr uint32, ws byte) []byte {
+	b := []byte{2, 4, 5, 0xb4, 4, 2, 8, 10, 0, 0, 0, 0, 0, 0, 0, 0, 1, 3, 3, ws}
+	binary.BigEndian.PutUint32(b[8:], tsval)
+	binary.BigEndian.PutUint32(b[12:], tsecr)
+	return b
+}
+
+// TestForwardsTheSynAck gives the program a flow with the client's SYN, as
+// the engine does before it sends it: it forwards the backend's SYN-ACK of
+// that SYN, in the option layouts Linux writes, with conntrack's
+// initSender and window check, and the flow goes on to SynRecv; the
+// client's ACK then completes the handshake. Anything else in SynSent goes
+// to the engine.
+func TestForwardsTheSynAck(t *testing.T) {
+	const slot = 1
+	synSent := func(t *testing.T) *lab {
+		l := newLab(t)
+		l.p.Remove(l.id, &l.keys)
+		l.p.ClearEstablished(slot)
+		f := l.peek0()
+		f.State, f.Early = uint32(conntrack.StateSynSent), slot+1
+		// The client's SYN: ISN cISN, window 64240, scale 7, SACK.
+		f.Peers[0] = Peer{End: cISN + 1, MaxEnd: cISN + 1, MaxWin: 64240, Win: 64240, Scale: 7, Flags: 1 | 2}
+		f.Peers[1] = Peer{}
+		if err := l.p.Insert(l.id, &f, &l.keys); err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	sa := seg{src: ipBE, dst: ipVIP, sport: 8080, dport: 61000, seq: bISN, ack: cISN + 1 + seqOff, flags: fSYN | fACK, win: 65160,
+		opts: synAckOptions(777, 555+100, 7)}
+	t.Run("the SYN-ACK and the ACK", func(t *testing.T) {
+		l := synSent(t)
+		ret, out := l.run(t, frame(sa))
+		if ret != actRedirect {
+			t.Fatalf("the SYN-ACK: action %d, want redirect", ret)
+		}
+		checksumsOK(t, out)
+		tcp := out[14+20:]
+		if ack := binary.BigEndian.Uint32(tcp[8:]); ack != cISN+1 || tcp[13] != fSYN|fACK {
+			t.Errorf("the SYN-ACK toward the client: ack %d flags %#x, want %d and SYN-ACK", ack, tcp[13], cISN+1)
+		}
+		if tsval, tsecr := binary.BigEndian.Uint32(tcp[28:]), binary.BigEndian.Uint32(tcp[32:]); tsval != 777 || tsecr != 555 {
+			t.Errorf("timestamps toward the client %d %d, want 777 555 (the client's TSval back in its numbering)", tsval, tsecr)
+		}
+		f := l.peek(t)
+		// conntrack's initSender and inWindow: the backend's side from
+		// its SYN-ACK (window unscaled, scale 7 as both sent one), its ACK
+		// of the client's SYN; what the client may send, up to the
+		// SYN-ACK's window.
+		wantB := Peer{End: bISN + 1, MaxEnd: bISN + 1, MaxWin: 65160, MaxAck: cISN + 1, Win: 65160, Scale: 7, Flags: 1 | 2 | 4}
+		if f.State != stSynRecv || f.Evicted != 0 || f.Peers[1] != wantB || f.Peers[0].MaxEnd != cISN+1+65160 || f.Peers[0].Scale != 7 {
+			t.Errorf("after the SYN-ACK: state %d evicted %d peers %+v; want SynRecv and backend %+v, client max end %d",
+				f.State, f.Evicted, f.Peers, wantB, cISN+1+65160)
+		}
+		ack := seg{src: ipClient, dst: ipVIP, sport: 40000, dport: 80, seq: cISN + 1, ack: bISN + 1, flags: fACK, win: 502}
+		if ret, _ := l.run(t, frame(ack)); ret != actRedirect {
+			t.Fatalf("the client's ACK: action %d, want redirect", ret)
+		}
+		if f := l.peek(t); f.State != stEstablished || !l.p.Established(slot) {
+			t.Errorf("after the ACK: state %d, slot set %v; want Established, set", f.State, l.p.Established(slot))
+		}
+	})
+	for _, c := range []struct {
+		name string
+		s    seg
+		why  uint32
+	}{
+		{"a SYN-ACK of another SYN", func() seg { s := sa; s.ack++; return s }(), EvictWindow},
+		{"options in another order", func() seg { s := sa; s.opts = []byte{1, 3, 3, 7, 2, 4, 5, 0xb4}; return s }(), EvictOptions},
+		{"the backend's ACK (its TIME_WAIT)", func() seg { s := sa; s.flags = fACK; s.opts = nil; return s }(), EvictFlags},
+		{"the client's SYN again", seg{src: ipClient, dst: ipVIP, sport: 40000, dport: 80, seq: cISN, flags: fSYN, win: 64240}, EvictFlags},
+		{"a RST from the backend", seg{src: ipBE, dst: ipVIP, sport: 8080, dport: 61000, seq: 0, ack: cISN + 1 + seqOff, flags: fRST | fACK}, EvictFlags},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			l := synSent(t)
+			before := l.peek(t)
+			in := frame(c.s)
+			if ret, out := l.run(t, in); ret != actOK || string(out) != string(in) {
+				t.Fatalf("action %d, changed %v; want it unchanged, to the engine", ret, string(out) != string(in))
+			}
+			if f := l.peek(t); f.Evicted != c.why || f.State != uint32(conntrack.StateSynSent) || f.Peers != before.Peers {
+				t.Errorf("evicted %d state %d, peers changed %v; want %d, SynSent, unchanged", f.Evicted, f.State, f.Peers != before.Peers, c.why)
+			}
+		})
+	}
 }
 
 // TestFollowsTheClose walks a flow through both FINs: the program forwards

@@ -18,17 +18,19 @@ import (
 // The engine's side of the fast path (package fastpath): which flows go to
 // the kernel, and taking them back.
 //
-// A flow goes with the backend's SYN-ACK: the program completes the
-// handshake with the client's ACK, forwards the request, the response,
-// both FINs and the ACK that ends the flow, and then tells the worker
-// through its event ring, so the engine handles two segments of a
-// connection that carries one request instead of ten (docs/fastpath.md,
-// "When a flow goes"). It goes before the batch
-// with the SYN-ACK is sent: the client's ACK cannot come before it, and on
-// a veth it comes inside the very send. A flow that could not go then (no
-// handshake slot free, SYN cookies) goes once its ACK has established it,
-// after the batch that decided it was sent, so that no segment the program
-// forwards overtakes one still queued here.
+// A flow goes with the client's SYN: the program forwards the backend's
+// SYN-ACK, completes the handshake with the client's ACK, forwards the
+// request, the response, both FINs and the ACK that ends the flow, and
+// then tells the worker through its event ring, so the engine handles one
+// segment of a connection that carries one request instead of ten
+// (docs/fastpath.md, "When a flow goes"). It goes before the batch with
+// the SYN is sent: the SYN-ACK cannot come before it, and on a veth it
+// comes inside the very send. A flow whose SYN-ACK the program gave back
+// (a layout of options it does not read) goes with its SYN-ACK, as do that
+// backend's later flows; one that could not go then (no handshake slot
+// free, SYN cookies) goes once its ACK has established it, after the batch
+// that decided it was sent, so that no segment the program forwards
+// overtakes one still queued here.
 // It comes back when the program closes it (an event, read between
 // batches), when the program evicts it (its next segment, in the ring,
 // finds it offloaded), when the table removes it, when a next hop changes,
@@ -180,6 +182,11 @@ func (w *worker) countForFast(fl *conntrack.Flow) {
 	}
 	switch fl.State() {
 	case conntrack.StateEstablished:
+	case conntrack.StateSynSent:
+		if be := w.reg.backends[fl.Backend]; fl.FastEvictions == 0 && be != nil && !be.synAckOptions.Load() {
+			w.offloadEarly(fl)
+		}
+		return
 	case conntrack.StateSynRecv:
 		if fl.FastEvictions == 0 {
 			w.offloadEarly(fl)
@@ -211,8 +218,8 @@ func (w *worker) offloadPending() {
 	w.fastPending = w.fastPending[:0]
 }
 
-// offloadEarly gives fl to the program in SynRecv, with a handshake slot,
-// before the batch with its SYN-ACK is sent.
+// offloadEarly gives fl to the program in SynSent or SynRecv, with a
+// handshake slot, before the batch with its SYN or SYN-ACK is sent.
 func (w *worker) offloadEarly(fl *conntrack.Flow) {
 	n := len(w.fastFree)
 	if n == 0 || len(w.fastEarly) == cap(w.fastEarly) {
@@ -243,7 +250,7 @@ func (w *worker) fastHandshakes() {
 			keep = append(keep, e)
 			continue
 		}
-		if fl.State() == conntrack.StateSynRecv {
+		if fl.State().HalfOpen() {
 			w.table.SetState(fl, conntrack.StateEstablished)
 			fl.LastSeen = w.now
 		}
@@ -410,6 +417,9 @@ func (w *worker) takeBack(fl *conntrack.Flow) {
 // restore gives fl the state the program left it in: its windows,
 // last-seen time, what it sent the backend, and its counters.
 func (w *worker) restore(fl *conntrack.Flow, v *fastpath.Flow) {
+	if fl.State() == conntrack.StateSynSent {
+		w.fastSynAck(fl, v)
+	}
 	fl.SetWindow(conntrack.FromClient, conntrack.PeerState(v.Peers[0]))
 	fl.SetWindow(conntrack.FromBackend, conntrack.PeerState(v.Peers[1]))
 	fl.NoteToBackend(v.TSLast, v.Note&fastpath.NoteTS != 0, v.SeqEnd)
@@ -432,6 +442,28 @@ func (w *worker) restore(fl *conntrack.Flow, v *fastpath.Flow) {
 	}
 }
 
+// fastSynAck learns what the engine learns from a SYN-ACK it forwards
+// (learnWScale) for a flow that went with its SYN: the backend's window
+// scale, if the program forwarded the SYN-ACK and both sides announced one;
+// or, if the program gave the SYN-ACK back for its options, that this
+// backend's flows had better go with their SYN-ACK.
+func (w *worker) fastSynAck(fl *conntrack.Flow, v *fastpath.Flow) {
+	be := w.reg.backends[fl.Backend]
+	if be == nil {
+		return
+	}
+	const wscale = 1 // conntrack's peerWScale
+	switch {
+	case v.State > uint32(conntrack.StateSynSent) && v.Peers[0].Flags&wscale != 0 && v.Peers[1].Flags&wscale != 0:
+		if s := int32(v.Peers[1].Scale); s != be.Service.wscale.Load() {
+			be.Service.wscale.Store(s)
+		}
+	case v.Evicted == fastpath.EvictOptions && !be.synAckOptions.Load():
+		be.synAckOptions.Store(true)
+		w.dp.log.Info("fastpath: this backend's SYN-ACKs carry options the program does not read; its flows go to the kernel with their SYN-ACK", "backend", be.Name)
+	}
+}
+
 // fastLastSeen moves fl.LastSeen up to the program's last segment.
 func (w *worker) fastLastSeen(fl *conntrack.Flow, lastNs uint64) {
 	if lastNs == 0 {
@@ -446,10 +478,10 @@ func (w *worker) fastLastSeen(fl *conntrack.Flow, lastNs uint64) {
 // handshake's ACK and the FINs it forwarded.
 func (w *worker) fastState(fl *conntrack.Flow, st uint32) {
 	s := conntrack.State(st)
-	if s == fl.State() || s < conntrack.StateSynRecv || s > conntrack.StateTimeWait {
+	if s == fl.State() || s < conntrack.StateSynSent || s > conntrack.StateTimeWait {
 		return
 	}
-	if fl.State() == conntrack.StateSynRecv {
+	if fl.State().HalfOpen() && s > conntrack.StateSynRecv {
 		// Through Established, which the program passed: the flow counts
 		// as established once (conntrack.Flow.EverEstablished), and a new
 		// SYN on its key starts a new flow rather than retrying this

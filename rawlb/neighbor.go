@@ -139,7 +139,10 @@ func (n *neighbors) refresh(backends []*Backend) (changed bool) {
 			n.log.Info("next hop resolved", "service", b.Service.Name, "backend", b.Name, "addr", addr,
 				"next_hop", rt.via, "ifindex", rt.ifindex, "mac", net.HardwareAddr(dst[:]).String())
 			b.hop.Store(h)
-			if n.hopGen != nil {
+			if n.hopGen != nil && old != nil {
+				// Only a hop that changed: no flow went with one that
+				// was not there (a backend resolved after the start
+				// took every offloaded flow back).
 				n.hopGen.Add(1)
 			}
 			changed = changed || old == nil

@@ -57,6 +57,10 @@ type Backend struct {
 	// drainUntil is the table-clock time after which the flows of a
 	// draining or removed backend are reset; 0 means never.
 	drainUntil atomic.Int64
+	// synAckOptions is set once the fast path gave back a flow of this
+	// backend for its SYN-ACK's options, a layout the program does not
+	// read: its flows then go with the SYN-ACK, not with the SYN.
+	synAckOptions atomic.Bool
 
 	stats []backendStats // per worker
 }

@@ -6,10 +6,12 @@
 // what the engine's worker does (conntrack's inWindow, then the rewrite of
 // addresses, ports, sequence and timestamp offsets, window scale and MACs),
 // and follows the flow through its FINs as conntrack's state machine does.
-// It may also get a flow before its handshake is over, with the backend's
-// SYN-ACK: then the client's ACK of it completes the handshake here, and
-// the program marks the flow's slot in fp_est for the engine, which reads
-// that array through a shared mapping between batches.
+// It may also get a flow before its handshake is over, with the client's
+// SYN: then it forwards the backend's SYN-ACK (conntrack's initSender and
+// window check, any option layout) and the client's ACK of it, which
+// completes the handshake here, and it marks the flow's slot in fp_est for
+// the engine, which reads that array through a shared mapping between
+// batches.
 // The ACK that ends a flow (in LastAck) it forwards too, and then it
 // deletes the flow's keys and tells the engine the flow's last state
 // through the worker's ring buffer (fp_events), which the engine reads
@@ -50,7 +52,10 @@ struct fp_peer {
 	__u8 scale, flags;
 };
 
+#define PEER_WSCALE 1   // conntrack's peerWScale
+#define PEER_SACKPERM 2 // conntrack's peerSACKPerm
 #define PEER_MAXACK 4 // conntrack's peerMaxAck
+#define MAX_WSCALE 14 // RFC 7323 2.3
 
 // How one direction is rewritten; written once by the engine.
 struct fp_dir {
@@ -97,7 +102,10 @@ struct fp_event {
 // CloseWait. The ACK in LastAck would take the flow to TimeWait: that one
 // goes to the engine. In SynRecv only the client's ACK of the backend's
 // SYN-ACK, exactly (RFC 9293 3.10.7.4, as conntrack checks it), moves the
-// flow on, to Established; anything else there goes to the engine.
+// flow on, to Established; anything else there goes to the engine. In
+// SynSent only the backend's SYN-ACK of the client's SYN moves it on, to
+// SynRecv.
+#define ST_SYN_SENT 1
 #define ST_SYN_RECV 2
 #define ST_ESTABLISHED 3
 #define ST_FIN_WAIT 4
@@ -209,7 +217,7 @@ static __always_inline __u32 next_state(__u32 st, __u32 fin)
 // updates. ack and sack are in the receiver's numbering; sack is the
 // highest SACK edge if above ack.
 // Called with the flow's lock held.
-static __always_inline int in_window(struct fp_flow *fl, __u32 d, __u32 seq, __u32 len, __u32 ack, __u32 sack, __u16 rawwin)
+static __always_inline int in_window(struct fp_flow *fl, __u32 d, __u32 seq, __u32 len, __u32 ack, __u32 sack, __u16 rawwin, int syn)
 {
 	struct fp_peer *snd = &fl->peers[d & 1], *rcv = &fl->peers[(d ^ 1) & 1];
 	__u32 end = seq + len;
@@ -227,7 +235,8 @@ static __always_inline int in_window(struct fp_flow *fl, __u32 d, __u32 seq, __u
 	if (!after(sack, rcv->end - maxack - 1))
 		return WIN_IGNORE; // IV: an overly delayed ACK
 
-	win <<= (snd->scale & 15);
+	if (!syn)
+		win <<= (snd->scale & 15); // a SYN's window is never scaled
 	__u32 swin = win + (sack - ack);
 	if (snd->maxwin < swin)
 		snd->maxwin = swin;
@@ -246,6 +255,68 @@ static __always_inline int in_window(struct fp_flow *fl, __u32 d, __u32 seq, __u
 	}
 	snd->win = rawwin;
 	return WIN_OK;
+}
+
+// parse_syn_options reads the options of a SYN-ACK in the layouts Linux
+// writes them (tcp_options_write): MSS; then SACK-permitted and
+// timestamps together, timestamps after two NOPs, SACK-permitted after two
+// NOPs, or neither; then, optionally, a NOP and the window scale. It
+// returns the window scale (ws, -1 if none), whether SACK is permitted and
+// where the timestamps are, or -1 for any other layout, which goes to the
+// engine. (A loop over any layout, as conntrack's SYNOptions reads them,
+// took the verifier past its million instructions.)
+static __always_inline int parse_syn_options(struct tcphdr *tcp, void *data_end, int *ws, int *sackperm, __u32 **ts)
+{
+	__u8 *opt = (void *)(tcp + 1);
+	__u32 olen = tcp->doff * 4 - 20;
+	if (olen < 4 || (void *)(opt + 4) > data_end || opt[0] != 2 || opt[1] != 4)
+		return -1;
+	__u32 next = 4;
+	if (olen >= 16 && (void *)(opt + 16) <= data_end) {
+		__u32 w = *(__u32 *)(opt + 4);
+		if (w == bpf_htonl(0x0402080a)) {
+			*sackperm = 1;
+			*ts = (__u32 *)(opt + 8);
+			next = 16;
+		} else if (w == bpf_htonl(0x0101080a)) {
+			*ts = (__u32 *)(opt + 8);
+			next = 16;
+		}
+	}
+	if (next == 4 && olen >= 8 && (void *)(opt + 8) <= data_end && *(__u32 *)(opt + 4) == bpf_htonl(0x01010402)) {
+		*sackperm = 1;
+		next = 8;
+	}
+	if (olen == next)
+		return 0;
+	if (olen != next + 4 || next > 16)
+		return -1;
+	__u8 *w = opt + next;
+	if ((void *)(w + 4) > data_end || w[0] != 1 || w[1] != 3 || w[2] != 3)
+		return -1;
+	*ws = w[3] < MAX_WSCALE ? w[3] : MAX_WSCALE;
+	return 0;
+}
+
+// init_sender is conntrack's initSender for the backend's SYN-ACK: its
+// side's state from it, and RFC 7323 2.2's rule that scaling needs both
+// sides' options. Called with the flow's lock held.
+static __always_inline void init_sender(struct fp_flow *fl, __u32 seq, __u16 rawwin, int ws, int sackperm)
+{
+	struct fp_peer *snd = &fl->peers[1], *rcv = &fl->peers[0];
+	snd->end = snd->maxend = seq + 1;
+	snd->maxwin = rawwin ? rawwin : 1;
+	snd->win = rawwin;
+	snd->flags &= ~(PEER_WSCALE | PEER_SACKPERM | PEER_MAXACK);
+	snd->scale = 0;
+	if (ws >= 0) {
+		snd->flags |= PEER_WSCALE;
+		snd->scale = ws;
+	}
+	if (sackperm)
+		snd->flags |= PEER_SACKPERM;
+	if (!(snd->flags & PEER_WSCALE) || !(rcv->flags & PEER_WSCALE))
+		snd->scale = rcv->scale = 0;
 }
 
 // tell_closed deletes the keys of a flow the program just took to
@@ -313,7 +384,6 @@ static __always_inline __u32 csum_fold32(__u32 sum)
 
 #define OPT_TS_CANON 0x0101080a // NOP NOP TIMESTAMP(10), the layout Linux and most stacks send
 
-#define PEER_SACKPERM 2 // conntrack's peerSACKPerm
 
 // handle is the program. ip_len is 0 for a frame as it arrives; for a
 // frame the engine runs through rawlb_late it is the frame's real IP
@@ -350,10 +420,19 @@ static __always_inline int handle(struct __sk_buff *skb, __u32 ip_len)
 	struct fp_dir *dr = &fl->dir[d];
 
 	__u8 flags = ((__u8 *)tcp)[13];
-	if ((flags & (F_SYN | F_RST | F_ACK)) != F_ACK)
+	// In SynSent (read again under the lock) only the backend's SYN-ACK.
+	int synack = fl->state == ST_SYN_SENT;
+	if (synack) {
+		if (d != 1 || (flags & (F_SYN | F_RST | F_ACK | F_FIN)) != (F_SYN | F_ACK))
+			return evict(fl, EVICT_FLAGS, STAT_EVICT_FLAGS);
+	} else if ((flags & (F_SYN | F_RST | F_ACK)) != F_ACK)
 		return evict(fl, EVICT_FLAGS, STAT_EVICT_FLAGS);
 	__u32 fin = flags & F_FIN;
 	if (ihl != 20)
+		return evict(fl, EVICT_OPTIONS, STAT_EVICT_OPTIONS);
+	int ws = -1, sackperm_opt = 0;
+	__u32 *synts = 0;
+	if (synack && parse_syn_options(tcp, data_end, &ws, &sackperm_opt, &synts) < 0)
 		return evict(fl, EVICT_OPTIONS, STAT_EVICT_OPTIONS);
 
 	// Options: none; NOP NOP TIMESTAMP; and either followed by NOP NOP
@@ -361,27 +440,30 @@ static __always_inline int handle(struct __sk_buff *skb, __u32 ip_len)
 	// goes to the engine, which reads any layout.
 	__u32 doff = tcp->doff * 4;
 	__u8 *opt = (void *)(tcp + 1);
-	__u32 *ts = 0;
+	__u32 *ts = synts;
 	__u32 o = 0;
-	if (doff >= 32) {
-		if ((void *)(opt + 12) > data_end)
-			return evict(fl, EVICT_OPTIONS, STAT_EVICT_OPTIONS);
-		if (*(__u32 *)opt == bpf_htonl(OPT_TS_CANON)) {
-			ts = (__u32 *)opt + 1;
-			o = 12;
-		}
-	}
 	__u32 nsack = 0;
-	__u8 *sackp = opt + o;
-	if (doff != 20 + o) {
-		if ((void *)(sackp + 4) > data_end || sackp[0] != 1 || sackp[1] != 1 || sackp[2] != 5)
-			return evict(fl, EVICT_OPTIONS, STAT_EVICT_OPTIONS);
-		__u32 slen = sackp[3];
-		nsack = (slen - 2) / 8;
-		if (slen < 10 || slen != 2 + 8 * nsack || nsack > 4 || doff != 20 + o + 4 + 8 * nsack)
-			return evict(fl, EVICT_OPTIONS, STAT_EVICT_OPTIONS);
-		if ((void *)(sackp + 4 + 8 * nsack) > data_end)
-			return evict(fl, EVICT_OPTIONS, STAT_EVICT_OPTIONS);
+	__u8 *sackp = opt;
+	if (!synack) { // a SYN-ACK's options were parsed above; it has no SACK blocks
+		if (doff >= 32) {
+			if ((void *)(opt + 12) > data_end)
+				return evict(fl, EVICT_OPTIONS, STAT_EVICT_OPTIONS);
+			if (*(__u32 *)opt == bpf_htonl(OPT_TS_CANON)) {
+				ts = (__u32 *)opt + 1;
+				o = 12;
+			}
+		}
+		sackp = opt + o;
+		if (doff != 20 + o) {
+			if ((void *)(sackp + 4) > data_end || sackp[0] != 1 || sackp[1] != 1 || sackp[2] != 5)
+				return evict(fl, EVICT_OPTIONS, STAT_EVICT_OPTIONS);
+			__u32 slen = sackp[3];
+			nsack = (slen - 2) / 8;
+			if (slen < 10 || slen != 2 + 8 * nsack || nsack > 4 || doff != 20 + o + 4 + 8 * nsack)
+				return evict(fl, EVICT_OPTIONS, STAT_EVICT_OPTIONS);
+			if ((void *)(sackp + 4 + 8 * nsack) > data_end)
+				return evict(fl, EVICT_OPTIONS, STAT_EVICT_OPTIONS);
+		}
 	}
 
 	// The IP length, not the frame's: a NIC's frame may carry Ethernet
@@ -441,10 +523,22 @@ static __always_inline int handle(struct __sk_buff *skb, __u32 ip_len)
 		count(STAT_PASSED, 1);
 		return TC_ACT_OK;
 	}
-	if (fl->state == ST_SYN_RECV && (d != 0 || fin || ack2 != fl->peers[1].end))
+	if (synack) {
+		v = WIN_INVALID; // not the answer to the client's SYN: the engine decides
+		if (fl->state == ST_SYN_SENT && ack2 == fl->peers[0].end) {
+			struct fp_peer was[2] = {fl->peers[0], fl->peers[1]};
+			init_sender(fl, seq, rawwin, ws, sackperm_opt);
+			v = in_window(fl, 1, seq, len + 1, ack2, ack2, rawwin, 1);
+			if (v != WIN_OK) {
+				fl->peers[0] = was[0];
+				fl->peers[1] = was[1];
+				v = WIN_INVALID;
+			}
+		}
+	} else if (fl->state == ST_SYN_RECV && (d != 0 || fin || ack2 != fl->peers[1].end))
 		v = WIN_INVALID; // not the handshake's ACK: the engine decides
 	else
-		v = in_window(fl, d, seq, len + fin, ack2, sack, rawwin);
+		v = in_window(fl, d, seq, len + fin, ack2, sack, rawwin, 0);
 	if (v == WIN_INVALID) {
 		fl->evicted = EVICT_WINDOW;
 		bpf_spin_unlock(&fl->lock);
@@ -469,7 +563,9 @@ static __always_inline int handle(struct __sk_buff *skb, __u32 ip_len)
 	}
 	if (v == WIN_OK) {
 		fl->last_ns = now;
-		if (fl->state == ST_SYN_RECV) {
+		if (synack)
+			fl->state = ST_SYN_RECV;
+		else if (fl->state == ST_SYN_RECV) {
 			fl->state = ST_ESTABLISHED;
 			est = fl->early;
 		} else if (fl->state == ST_LAST_ACK && !fin) {
