@@ -23,6 +23,9 @@ func BenchmarkProgram(b *testing.B) {
 			to = there
 		}
 		f.Dir[0] = Dir{Src: to.Src, Dst: to.Dst, SrcPort: to.SrcPort, DstPort: to.DstPort, Ifindex: 3, DstMAC: macBE, SrcMAC: macLB}
+		// The other direction's rewrite is the reverse of this key, which
+		// the program checks under the lock.
+		f.Dir[1] = Dir{Src: k[0].Dst, Dst: k[0].Src, SrcPort: k[0].DstPort, DstPort: k[0].SrcPort}
 		if err := l.p.Insert(id, &f, &k); err != nil {
 			b.Fatal(err)
 		}

@@ -507,12 +507,20 @@ static __always_inline int handle(struct __sk_buff *skb, __u32 ip_len)
 	}
 
 	__u64 now = bpf_ktime_get_ns(); // no helper calls under the lock
+	struct fp_dir dc; // this direction's rewrite, as the flow had it under the lock
 	bpf_spin_lock(&fl->lock);
-	if (fl->evicted) {
+	// The entry must still be this segment's flow. The maps are
+	// preallocated, so the kernel reuses a deleted entry's memory at once:
+	// since the lookup above the engine may have deleted this flow (it
+	// read the event of its close) and given the memory to another. The
+	// other direction's rewrite is the reverse of this segment's key.
+	struct fp_dir *od = &fl->dir[(d ^ 1) & 1];
+	if (fl->evicted || od->daddr != key.saddr || od->saddr != key.daddr || od->dport != key.sport || od->sport != key.dport) {
 		bpf_spin_unlock(&fl->lock);
 		count(STAT_PASSED, 1);
 		return TC_ACT_OK;
 	}
+	dc = *dr;
 	int v;
 	__u32 est = 0, closed = 0;
 	struct fp_event ev;
@@ -600,6 +608,9 @@ static __always_inline int handle(struct __sk_buff *skb, __u32 ip_len)
 		ev.bytes[1] = fl->bytes[1];
 	}
 	bpf_spin_unlock(&fl->lock);
+	// From here on only the copies: once the engine reads the event it
+	// deletes the entry, and the memory may hold another flow.
+	dr = &dc;
 	if (closed && !tell_closed(fl, &key, dr, &ev))
 		return TC_ACT_OK; // given back: the engine forwards the ACK
 	if (v == WIN_IGNORE)
