@@ -1,22 +1,25 @@
-// Package fastpath forwards the segments of established flows inside the
-// kernel, with a tc (tcx) ingress program, instead of through the packet
-// ring: no copy into the ring, no wake-up of a worker, no copy out again
-// into sendmmsg, and the receiving host's stack runs on the CPU the segment
-// arrived on, as with the kernel's own NAT.
+// Package fastpath forwards the segments of a flow inside the kernel, with
+// a tc (tcx) ingress program, instead of through the packet ring: no copy
+// into the ring, no wake-up of a worker, no copy out again into sendmmsg,
+// and the receiving host's stack runs on the CPU the segment arrived on,
+// as with the kernel's own NAT.
 //
-// The engine stays in charge. It decides which flows the program gets
-// (established ones), and the program hands a flow back, marking it
-// evicted under the flow's lock, at the first segment it does not forward
-// exactly as the engine would: a SYN or RST, the ACK that ends the flow
-// (it follows the FINs before it, as conntrack's state machine does),
-// options other than timestamps in their usual layout, or a sequence or
-// acknowledgment number outside the windows. That segment
-// and every later one then go to the ring in order, and the engine takes
-// the flow's window state back before it tracks them (Take). The window
-// check is conntrack's own (conntrack/tcp.go, after the kernel's
-// tcp_in_window), so a flow is tracked as strictly in the kernel as in
-// the engine; the kernel's flowtable offload (nf_flow_table) does no
-// window check at all.
+// The engine stays in charge. It schedules each new flow and decides which
+// flows the program gets: a flow with its SYN (or SYN-ACK) queued, an
+// established one. The program forwards the backend's SYN-ACK, the
+// client's ACK that completes the handshake (Established flags it in a
+// shared array), the data, both FINs and the ACK that closes the flow,
+// with conntrack's transitions; at that close it deletes the flow's keys
+// and tells the flow's worker through its ring buffer (Events). It hands a
+// flow back, marking it evicted under the flow's lock, at the first
+// segment it does not forward exactly as the engine would: a SYN or RST,
+// options other than those of its usual layouts, or a sequence or
+// acknowledgment number outside the windows. That segment and every later
+// one then go to the ring in order, and the engine takes the flow's window
+// state back before it tracks them (Take). The window check is conntrack's
+// own (conntrack/tcp.go, after the kernel's tcp_in_window), so a flow is
+// tracked as strictly in the kernel as in the engine; the kernel's
+// flowtable offload (nf_flow_table) does no window check at all.
 //
 // The segments the program forwards never reach the packet sockets: those
 // must be bound to ETH_P_IP, whose handlers run after tc ingress, not to
@@ -99,11 +102,12 @@ type Flow struct {
 	Note           uint32
 	// Backend is the engine's backend id: Live sums the counters by it.
 	Backend uint32
-	// State is the flow's conntrack.State: SynRecv or Established when it
-	// goes, Established after the handshake's ACK, FinWait, CloseWait or
-	// LastAck after the FINs the program forwarded.
+	// State is the flow's conntrack.State: SynSent, SynRecv or
+	// Established when it goes, SynRecv after the SYN-ACK, Established
+	// after the handshake's ACK, FinWait, CloseWait or LastAck after the
+	// FINs, TimeWait after the ACK that closes it.
 	State uint32
-	// Early is, for a flow given in SynRecv, 1 + the slot whose flag
+	// Early is, for a flow given in SynSent or SynRecv, 1 + the slot whose flag
 	// (Established) the program sets when the handshake completes; else 0.
 	Early uint32
 	// Gen is the engine's number for this offload, which the program

@@ -89,8 +89,8 @@ type pendingOffload struct {
 	key conntrack.ClientKey // the slot may hold another flow by the time it goes
 }
 
-// earlyOffload is a flow given to the program with its SYN-ACK, whose
-// handshake the program has not yet been seen to complete.
+// earlyOffload is a flow given to the program with its SYN or SYN-ACK,
+// whose handshake the program has not yet been seen to complete.
 type earlyOffload struct {
 	fl   *conntrack.Flow
 	key  conntrack.ClientKey
@@ -174,8 +174,8 @@ func (w *worker) fastKeys(fl *conntrack.Flow) *[2]fastpath.Key {
 }
 
 // countForFast counts a segment the engine forwarded for fl, and queues
-// fl for the fast path when it is due; a flow whose SYN-ACK was just
-// queued goes at once.
+// fl for the fast path when it is due; a flow whose SYN or SYN-ACK was
+// just queued goes at once.
 func (w *worker) countForFast(fl *conntrack.Flow) {
 	if fl.Offloaded() || fl.FastEvictions >= fastMaxEvictions {
 		return
@@ -270,7 +270,8 @@ func (w *worker) freeSlot(fl *conntrack.Flow) {
 
 // offload gives fl to the program: its windows as tracked so far, and how
 // each direction is rewritten, as toBackend and toClient do it; early is
-// 1 + the handshake slot of a flow given in SynRecv, else 0. It reports
+// 1 + the handshake slot of a flow given in SynSent or SynRecv, else 0.
+// It reports
 // whether the program has the flow.
 func (w *worker) offload(fl *conntrack.Flow, early uint32) bool {
 	fs := w.dp.fast
@@ -574,7 +575,7 @@ func newFastDescs(d func(name, help string, labels ...string) *prometheus.Desc) 
 		ignored:    d("fastpath_ignored_total", "Segments the fast path forwarded without a state change (retransmissions, old ACKs), as conntrack does."),
 		closes:     d("fastpath_closes_total", "Flows the kernel fast path closed: it forwarded the ACK that takes them to TimeWait and told rawlb through the event ring (these also count as returns, reason close)."),
 		lost:       d("fastpath_events_lost_total", "Closes the kernel fast path could not tell rawlb of because the worker's event ring was full: the last ACK went through rawlb instead."),
-		handshakes: d("fastpath_handshakes_total", "Handshakes the kernel fast path completed: flows handed to it with the backend's SYN-ACK, whose client's ACK it forwarded."),
+		handshakes: d("fastpath_handshakes_total", "Handshakes the kernel fast path completed: flows handed to it with their SYN or SYN-ACK, whose client's ACK it forwarded."),
 	}
 }
 

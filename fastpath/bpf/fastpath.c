@@ -78,7 +78,7 @@ struct fp_flow {
 	__u32 ts_last, seq_end; // the last TSval and the furthest end sent to the backend
 	__u32 note;             // NOTE_TS: ts_last is set
 	__u32 backend;          // the engine's backend id, for its counters
-	__u32 state;            // conntrack's State: ST_SYN_RECV to ST_LAST_ACK
+	__u32 state;            // conntrack's State: ST_SYN_SENT to ST_TIME_WAIT
 	__u32 early;            // for a flow given in ST_SYN_RECV: 1 + its slot in fp_est; else 0
 	__u32 gen;              // the engine's number for this offload, echoed in fp_event
 	__u32 pad;
