@@ -222,6 +222,7 @@ func (b *Balancer) apiAction(w http.ResponseWriter, r *http.Request) {
 					http.Error(w, err.Error(), http.StatusInternalServerError)
 					return
 				}
+				b.wakeWorkers() // a disabled backend's flows are reset at the sweep
 				b.log.Info("backend state changed through the API (until the next reload)", "service", svc.Name, "backend", be.Name,
 					"from", adminNames[old], "to", adminNames[admin])
 			}

@@ -654,6 +654,9 @@ func (b *Balancer) healthChanged(e healthcheck.Event) {
 	if err := be.Service.rebuild(); err != nil {
 		b.log.Error("rebuilding the scheduler failed", "service", be.Service.Name, "err", err)
 	}
+	if !e.Up {
+		b.wakeWorkers() // its flows may be reset (on_backend_down)
+	}
 }
 
 // Run forwards until Stop (or ctx), then stops as asked.
@@ -727,6 +730,16 @@ func (b *Balancer) startWorkers(errc chan<- error) {
 	}
 }
 
+// wakeWorkers makes every worker sweep now, for a change the sweep acts on
+// (a backend down or disabled, new rates, a next hop that moved): an idle
+// worker may otherwise sleep for up to idleWaitMax. The read deadline is
+// the goroutine-safe way in; the sweep sets the next one.
+func (b *Balancer) wakeWorkers() {
+	for _, s := range b.socks {
+		_ = s.SetReadDeadline(time.Now())
+	}
+}
+
 // stopWorkers ends every worker at a batch boundary and waits for them:
 // every frame a worker took from its ring was handled and sent, and the
 // ring's head tells a successor where to go on.
@@ -791,12 +804,19 @@ func (b *Balancer) backendCount() int {
 // schedulers of services whose backends' reachability changed.
 func (b *Balancer) refreshRoutes() {
 	reg := b.dp.reg.Load()
+	var gen uint64
+	if b.nb.hopGen != nil {
+		gen = b.nb.hopGen.Load()
+	}
 	for _, svc := range reg.list {
 		if b.nb.refresh(*svc.backends.Load()) {
 			if err := svc.rebuild(); err != nil {
 				b.log.Error("rebuilding the scheduler failed", "service", svc.Name, "err", err)
 			}
 		}
+	}
+	if b.nb.hopGen != nil && b.nb.hopGen.Load() != gen {
+		b.wakeWorkers() // the offloaded flows go back to the engine (fastHousekeep)
 	}
 }
 

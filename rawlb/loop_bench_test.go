@@ -111,7 +111,7 @@ func BenchmarkForwardLoop(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			w.batch(n)
+			w.batch(n, false)
 			ready -= n
 			forwarded += n
 		}

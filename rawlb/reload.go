@@ -87,6 +87,7 @@ func (b *Balancer) Reload(cfg *config.Config) (err error) {
 	for _, be := range removed {
 		b.log.Info("backend removed: its flows drain", "service", be.Service.Name, "backend", be.Name, "flows", b.dp.live.Live(be.ID))
 	}
+	b.wakeWorkers() // new rates, backends disabled or drained
 	b.log.Info("reload applied", "changes", strings.ReplaceAll(ch.String(), "\n", "; "))
 	return nil
 }

@@ -11,19 +11,27 @@ import (
 // at least 4096 slots, every sweepEvery, so that every flow is looked at
 // about once a second however big the table, and a small table is swept
 // whole each time (its flows then outlive their timeouts by at most
-// sweepEvery, which matters when a small NAT range turns over fast).
+// sweepEvery, which matters when a small NAT range turns over fast). An
+// idle worker waits longer between sweeps (see sweepEvery) and sweeps as
+// much more each time, so flows are still looked at about once a second.
 func (w *worker) housekeep() {
-	w.nextSweep = w.now + int64(sweepEvery)
+	if w.busy || w.wait < sweepEvery {
+		w.wait = sweepEvery
+	} else {
+		w.wait = min(2*w.wait, idleWaitMax)
+	}
+	w.busy = false
+	w.nextSweep = w.now + int64(w.wait)
 	if r := w.dp.rates.Load(); r != nil && r != w.rates {
 		w.setRates(r)
 	}
 	if w.dp.fast != nil {
 		w.fastHousekeep()
 	}
-	budget := max(4096, w.table.Slots()/20)
+	budget := min(max(4096, w.table.Slots()/20)*int(w.wait/sweepEvery), w.table.Slots())
 	w.table.Sweep(w.now, budget, w)
 	w.flush()
-	_ = w.link.SetReadDeadline(time.Now().Add(sweepEvery))
+	_ = w.link.SetReadDeadline(time.Now().Add(w.wait))
 }
 
 // Keep implements conntrack.Judge: whether a live flow that has not

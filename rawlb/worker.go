@@ -55,9 +55,18 @@ type link interface {
 	SetReadDeadline(t time.Time) error
 }
 
-// sweepEvery is how often a worker sweeps a slice of its flow table, and
-// the longest it waits for a frame before doing so.
-const sweepEvery = 50 * time.Millisecond
+// sweepEvery is how often a busy worker sweeps a slice of its flow table,
+// and the longest it waits for a frame before doing so. A worker that had
+// no frame since its last sweep waits twice as long each time, up to
+// idleWaitMax, and sweeps as much more at each wake-up: with the fast path
+// a worker sees only SYNs, and while the kernel carries the rest, twenty
+// wake-ups a second per worker cost 0.04 s of CPU in 8 s of iperf3 -P 4
+// but, preempting the iperf3 processes on a 2-core machine, 15% of its
+// throughput (docs/performance.md, "An idle worker sleeps").
+const (
+	sweepEvery  = 50 * time.Millisecond
+	idleWaitMax = time.Second
+)
 
 // worker owns one ring socket, one flow table and everything it touches per
 // packet, so the loop below takes no lock of its own and allocates nothing.
@@ -80,6 +89,8 @@ type worker struct {
 	wall        time.Time // wall clock of the batch (cookies)
 	cookieUntil int64     // until when ACKs without a flow may carry a cookie of ours
 	nextSweep   int64
+	wait        time.Duration      // until the next sweep: sweepEvery, or longer while idle
+	busy        bool               // frames since the last sweep
 	rates       *config.RateLimits // what the buckets were made from
 	workers     int
 	guard       synGuard
@@ -143,18 +154,20 @@ func (w *worker) setRates(r *config.RateLimits) {
 // send what is to be sent in one go, hand the slots back; between batches,
 // sweep a slice of the flow table.
 func (w *worker) run() error {
-	_ = w.link.SetReadDeadline(time.Now().Add(sweepEvery))
+	w.wait = sweepEvery
+	_ = w.link.SetReadDeadline(time.Now().Add(w.wait))
 	for {
 		n, err := w.link.Receive(w.pkts)
+		woken := false
 		switch {
 		case errors.Is(err, ring.ErrClosed):
 			return nil
 		case errors.Is(err, os.ErrDeadlineExceeded):
-			n = 0
+			n, woken = 0, true
 		case err != nil:
 			return err
 		}
-		w.batch(n)
+		w.batch(n, woken)
 		if w.stop.Load() {
 			return nil
 		}
@@ -162,9 +175,16 @@ func (w *worker) run() error {
 }
 
 // batch handles n received packets, sends what they produced and releases
-// them; then, if due, sweeps.
-func (w *worker) batch(n int) {
+// them; then sweeps if due or if the read deadline woke the worker (its
+// own, or the control plane's: Balancer.wakeWorkers).
+func (w *worker) batch(n int, woken bool) {
 	w.begin()
+	if n > 0 {
+		w.busy = true
+		if w.wait > sweepEvery {
+			w.awake()
+		}
+	}
 	if w.fastEvents != nil && w.fastEvents.Pending() {
 		w.fastClosed() // before any segment of this batch meets a closed flow
 	}
@@ -179,8 +199,21 @@ func (w *worker) batch(n int) {
 		w.fastHandshakes()
 	}
 	w.link.Release(n)
-	if w.now >= w.nextSweep {
+	if woken || w.now >= w.nextSweep {
 		w.housekeep()
+	}
+}
+
+// awake brings an idle worker back to sweeping every sweepEvery, at its
+// first frames. Handshakes the program completed while it slept are
+// counted first, so that the SYNs of this batch meet the true half-open
+// count (which turns the SYN cookies on).
+func (w *worker) awake() {
+	w.wait = sweepEvery
+	w.nextSweep = min(w.nextSweep, w.now+int64(sweepEvery))
+	_ = w.link.SetReadDeadline(w.wall.Add(sweepEvery))
+	if len(w.fastEarly) > 0 {
+		w.fastHandshakes()
 	}
 }
 

@@ -38,14 +38,15 @@ const (
 	tBeIf     = 3
 )
 
-// fakeLink records what the worker sends.
+// fakeLink records what the worker sends, and its last read deadline.
 type fakeLink struct {
-	sent []ring.Out
+	sent     []ring.Out
+	deadline time.Time
 }
 
 func (l *fakeLink) Receive([]ring.Packet) (int, error) { return 0, ring.ErrClosed }
 func (l *fakeLink) Release(int)                        {}
-func (l *fakeLink) SetReadDeadline(time.Time) error    { return nil }
+func (l *fakeLink) SetReadDeadline(t time.Time) error  { l.deadline = t; return nil }
 func (l *fakeLink) Send(out []ring.Out) (int, error) {
 	for _, o := range out {
 		l.sent = append(l.sent, ring.Out{Buf: append([]byte(nil), o.Buf...), Ifindex: o.Ifindex})
@@ -135,7 +136,7 @@ func (h *harness) in(frames ...[]byte) []sentFrame {
 	for i, f := range frames {
 		h.w.pkts[i] = pkt(f)
 	}
-	h.w.batch(len(frames))
+	h.w.batch(len(frames), false)
 	var out []sentFrame
 	for _, o := range h.link.sent {
 		out = append(out, decode(h.t, o))
@@ -634,7 +635,7 @@ func TestDropsStrays(t *testing.T) {
 	p := pkt(client(packet.FlagSYN, 1, 0).frame(t))
 	p.PktType = 3
 	h.w.pkts[0] = p
-	h.w.batch(1)
+	h.w.batch(1, false)
 	if h.w.stats.drops[dropNotHost].Load() != 1 {
 		t.Error("a frame for another host was not dropped as not_host")
 	}
@@ -665,7 +666,7 @@ func BenchmarkEstablishedPacket(b *testing.B) {
 		copy(fwd, toBackend)
 		copy(rev, toClient)
 		w.pkts[0], w.pkts[1] = pkt(fwd), pkt(rev)
-		w.batch(2)
+		w.batch(2, false)
 	}
 	if w.stats.packets[dirToBackend].Load() == 0 || w.stats.packets[dirToClient].Load() == 0 {
 		b.Fatal("not forwarded")
@@ -696,7 +697,7 @@ func BenchmarkCookieSYNACK(b *testing.B) {
 		w.pkts[0] = pkt(buf)
 		h.now++
 		*h.clock = h.now
-		w.batch(1)
+		w.batch(1, false)
 	}
 	if w.stats.drops[dropCookieSent].Load() == 0 {
 		b.Fatal("no cookie sent")
@@ -722,7 +723,7 @@ func BenchmarkCookieACK(b *testing.B) {
 	accept := func() {
 		copy(buf, tmpl)
 		w.pkts[0] = pkt(buf)
-		w.batch(1)
+		w.batch(1, false)
 	}
 	// The first flow toward each backend makes its NAT port pool, once.
 	benchOpenFlows(b, h, 2, accept, &key, "cookie not accepted")
@@ -789,7 +790,7 @@ func BenchmarkNewFlow(b *testing.B) {
 				// The IPv4 and TCP checksums cover the address: the
 				// worker need not verify them, and does not.
 				w.pkts[0] = pkt(buf)
-				w.batch(1)
+				w.batch(1, false)
 			}
 			const warm = 64 // every backend's NAT port pool is made by its first flow
 			created := w.stats.packets[dirToBackend].Load()
@@ -894,5 +895,59 @@ func TestFastStateThroughEstablished(t *testing.T) {
 	h.w.fastState(fl, uint32(conntrack.StateLastAck))
 	if fl.State() != conntrack.StateLastAck || !fl.EverEstablished() || h.w.table.HalfOpen() != 0 {
 		t.Errorf("after the program's LastAck: %v, ever established %v, half-open %d", fl.State(), fl.EverEstablished(), h.w.table.HalfOpen())
+	}
+}
+
+// An idle worker waits twice as long at each wake-up, up to idleWaitMax,
+// sweeping each time; its first frames bring it back to sweepEvery, and a
+// wake-up by the control plane (the deadline, before the sweep is due)
+// sweeps at once.
+func TestIdleWorkerWaitsLonger(t *testing.T) {
+	h := newHarness(t, nil)
+	w := h.w
+	w.wait = sweepEvery // as run starts it
+	want := []time.Duration{100, 200, 400, 800, 1000, 1000}
+	for i, ms := range want {
+		h.now = w.nextSweep
+		*h.clock = h.now
+		w.batch(0, true)
+		if w.wait != ms*time.Millisecond {
+			t.Fatalf("idle wake-up %d: waits %v, want %v", i+1, w.wait, ms*time.Millisecond)
+		}
+		if w.nextSweep != h.now+int64(w.wait) {
+			t.Fatalf("idle wake-up %d: next sweep in %v, want %v", i+1, time.Duration(w.nextSweep-h.now), w.wait)
+		}
+		if d := time.Until(h.link.deadline); d > w.wait || d < w.wait-time.Second/2 {
+			t.Fatalf("idle wake-up %d: read deadline in %v, want %v", i+1, d, w.wait)
+		}
+	}
+
+	// A SYN: the worker is busy again, and its deadline is sweepEvery away.
+	h.now += int64(100 * time.Millisecond)
+	one(t, h.in(client(packet.FlagSYN, 1000, 0).frame(t)))
+	if w.wait != sweepEvery || w.nextSweep > h.now+int64(sweepEvery) {
+		t.Fatalf("after a frame: waits %v, next sweep in %v; want %v", w.wait, time.Duration(w.nextSweep-h.now), sweepEvery)
+	}
+	if d := time.Until(h.link.deadline); d > sweepEvery || d < 0 {
+		t.Fatalf("after a frame: read deadline in %v, want at most %v", d, sweepEvery)
+	}
+	h.now = w.nextSweep
+	*h.clock = h.now
+	w.batch(0, true)
+	if w.wait != sweepEvery {
+		t.Fatalf("the sweep after a busy period waits %v, want %v", w.wait, sweepEvery)
+	}
+
+	// Woken before the sweep is due (Balancer.wakeWorkers): it sweeps.
+	due := w.nextSweep
+	h.now += int64(time.Millisecond)
+	*h.clock = h.now
+	w.batch(0, false)
+	if w.nextSweep != due {
+		t.Fatal("a batch before the sweep is due swept")
+	}
+	w.batch(0, true)
+	if w.nextSweep == due {
+		t.Fatal("a wake-up by the deadline did not sweep")
 	}
 }

@@ -97,6 +97,10 @@ type Process struct {
 	waitErr error         // cmd.Wait's result, valid once done is closed
 }
 
+// Pid returns the process's id (ip netns exec execs the program, so it is
+// the program's own).
+func (p *Process) Pid() int { return p.cmd.Process.Pid }
+
 // stopGrace is how long cleanup lets a process exit on SIGTERM (flushing
 // its logs and counters) before it is killed.
 const stopGrace = 3 * time.Second
