@@ -744,10 +744,10 @@ func (b *Balancer) wakeWorkers() {
 // every frame a worker took from its ring was handled and sent, and the
 // ring's head tells a successor where to go on.
 func (b *Balancer) stopWorkers(wg *sync.WaitGroup) {
-	for i, w := range b.workers {
+	for _, w := range b.workers {
 		w.stop.Store(true)
-		_ = b.socks[i].SetReadDeadline(time.Now())
 	}
+	b.wakeWorkers()
 	wg.Wait()
 }
 

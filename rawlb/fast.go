@@ -271,8 +271,7 @@ func (w *worker) freeSlot(fl *conntrack.Flow) {
 // offload gives fl to the program: its windows as tracked so far, and how
 // each direction is rewritten, as toBackend and toClient do it; early is
 // 1 + the handshake slot of a flow given in SynSent or SynRecv, else 0.
-// It reports
-// whether the program has the flow.
+// It reports whether the program has the flow.
 func (w *worker) offload(fl *conntrack.Flow, early uint32) bool {
 	fs := w.dp.fast
 	_, h := w.hopOf(fl)

@@ -15,7 +15,7 @@ import (
 // idle worker waits longer between sweeps (see sweepEvery) and sweeps as
 // much more each time, so flows are still looked at about once a second.
 func (w *worker) housekeep() {
-	if w.busy || w.wait < sweepEvery {
+	if w.busy {
 		w.wait = sweepEvery
 	} else {
 		w.wait = min(2*w.wait, idleWaitMax)

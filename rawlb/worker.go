@@ -115,7 +115,7 @@ type worker struct {
 }
 
 func newWorker(id int, dp *dataplane, l link, table *conntrack.Table, batch int, stats *workerStats, rates config.RateLimits, workers int) *worker {
-	w := &worker{id: id, dp: dp, link: l, table: table, pkts: make([]ring.Packet, batch), out: make([]ring.Out, 0, 3*batch), stats: stats}
+	w := &worker{id: id, dp: dp, link: l, table: table, pkts: make([]ring.Packet, batch), out: make([]ring.Out, 0, 3*batch), stats: stats, wait: sweepEvery}
 	if dp.fast != nil {
 		w.fastPending = make([]pendingOffload, 0, batch)
 		w.fastEarly = make([]earlyOffload, 0, 2*fastSlots)
@@ -154,7 +154,6 @@ func (w *worker) setRates(r *config.RateLimits) {
 // send what is to be sent in one go, hand the slots back; between batches,
 // sweep a slice of the flow table.
 func (w *worker) run() error {
-	w.wait = sweepEvery
 	_ = w.link.SetReadDeadline(time.Now().Add(w.wait))
 	for {
 		n, err := w.link.Receive(w.pkts)

@@ -905,7 +905,6 @@ func TestFastStateThroughEstablished(t *testing.T) {
 func TestIdleWorkerWaitsLonger(t *testing.T) {
 	h := newHarness(t, nil)
 	w := h.w
-	w.wait = sweepEvery // as run starts it
 	want := []time.Duration{100, 200, 400, 800, 1000, 1000}
 	for i, ms := range want {
 		h.now = w.nextSweep
