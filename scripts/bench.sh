@@ -45,6 +45,15 @@
 # must reach the same server), restarted in a fresh balancer namespace
 # between services.
 #
+# BENCH_IPERF_CC picks the TCP congestion control of every iperf3 test
+# (iperf3 -C, which its server takes up too); by default a test runs with
+# the lab's, which a new namespace inherits from the host: bbr on a kernel
+# built with CONFIG_DEFAULT_TCP_CONG="bbr", cubic on Debian's and Ubuntu's.
+# It matters: with bbr on 2 cores the client sends a flow's segments from
+# both CPUs, out of order, and the more so the faster the forwarder
+# (docs/performance.md, "What the -P 4 gap is"); the report names the one
+# used.
+#
 # Needs root, haproxy, nft, ip, curl and each load's tools (nginx and wrk;
 # redis-server, redis-benchmark and redis-cli; iperf3: scripts/bench-deps.sh)
 # and bin/rawlb (make build; RAWLB_BIN overrides); go for the restart load
@@ -85,6 +94,7 @@ case $RAWLB in /*) ;; *) RAWLB=$caller_pwd/$RAWLB ;; esac
 RESTART_DURATION=${BENCH_RESTART_DURATION:-30s}
 RESTART_SVG=${BENCH_RESTART_SVG:-$(dirname "$OUT")/bench-restart.svg}
 case $RESTART_SVG in /*) ;; *) RESTART_SVG=$caller_pwd/$RESTART_SVG ;; esac
+IPERF_CC=${BENCH_IPERF_CC:-}
 GO=${GO:-$(command -v go || echo /usr/local/go/bin/go)}
 
 readonly LB_IP=198.18.0.2 CLIENT_IP=198.18.0.10 LB_PORT=20000 BE_PORT=8090
@@ -179,6 +189,15 @@ readonly ROUNDS
 	die "BENCH_RESTART_DURATION=$RESTART_DURATION: want whole seconds, at least 9 (e.g. 30s)"
 RESTART_S=${RESTART_DURATION%s}
 readonly RESTART_S
+# LAB_CC: the congestion control a lab's namespaces start with (a new
+# namespace takes the initial namespace's, which a container's /proc/sys
+# may not show), read in the first lab built.
+LAB_CC=""
+if [ -n "$IPERF_CC" ]; then
+	[[ " $(cat /proc/sys/net/ipv4/tcp_available_congestion_control) " == *" $IPERF_CC "* ]] ||
+		die "BENCH_IPERF_CC=$IPERF_CC: not one this kernel has ($(cat /proc/sys/net/ipv4/tcp_available_congestion_control))"
+fi
+readonly IPERF_CC
 [ "$(id -u)" -eq 0 ] || die "needs root (network namespaces); run it as: sudo make bench"
 tools=(ip bridge nft haproxy curl top getconf)
 ! wants http || tools+=(nginx)
@@ -444,6 +463,7 @@ build_lab() {
 	# HAProxy: 3k req/s, wrk at 155% CPU). This is the client namespace's
 	# own sysctl; the host's is untouched.
 	ip netns exec "$CLIENT" sh -c 'echo 1 >/proc/sys/net/ipv4/tcp_tw_reuse'
+	[ -n "$LAB_CC" ] || LAB_CC=$(ip netns exec "$CLIENT" cat /proc/sys/net/ipv4/tcp_congestion_control)
 	for i in "${!BACKEND_IPS[@]}"; do
 		add_host "${LAB}be$((i + 1))" "be$((i + 1))" "${BACKEND_IPS[i]}"
 	done
@@ -906,11 +926,12 @@ run_redis() {
 
 # iperf_opts ROW: the iperf3 options of a row.
 iperf_opts() {
+	local cc=${IPERF_CC:+ -C $IPERF_CC}
 	case $1 in
-	iperf-p4) echo "-P 4" ;;
-	iperf-p4r) echo "-P 4 -R" ;;
-	iperf-p1) echo "-P 1" ;;
-	iperf-p1r) echo "-P 1 -R" ;;
+	iperf-p4) echo "-P 4$cc" ;;
+	iperf-p4r) echo "-P 4 -R$cc" ;;
+	iperf-p1) echo "-P 1$cc" ;;
+	iperf-p1r) echo "-P 1 -R$cc" ;;
 	esac
 }
 
@@ -1553,6 +1574,7 @@ report() {
 	echo "HAProxy nbthread 1, maxconn 4096; rawlb runs with its defaults (-workers 0), but"
 	echo "for iperf3 with -hc-interval 1h, and with a -state-dir of its own for each start"
 	echo "(see scripts/bench.sh)."
+	! wants iperf || echo "TCP congestion control: ${IPERF_CC:-$LAB_CC} for iperf3 (${IPERF_CC:+BENCH_IPERF_CC; }the lab's is $LAB_CC)."
 	# wrk -v exits 1, and pipefail is on: hence the || true.
 	local versions=("$("$RAWLB" -version 2>&1 | head -n 1 || true)" "$(haproxy -v | awk 'NR == 1 { print $1, $3 }' || true)")
 	! wants http || versions+=("$(nginx -v 2>&1 | sed 's/.*: //' || true)")
