@@ -804,19 +804,12 @@ func (b *Balancer) backendCount() int {
 // schedulers of services whose backends' reachability changed.
 func (b *Balancer) refreshRoutes() {
 	reg := b.dp.reg.Load()
-	var gen uint64
-	if b.nb.hopGen != nil {
-		gen = b.nb.hopGen.Load()
-	}
 	for _, svc := range reg.list {
 		if b.nb.refresh(*svc.backends.Load()) {
 			if err := svc.rebuild(); err != nil {
 				b.log.Error("rebuilding the scheduler failed", "service", svc.Name, "err", err)
 			}
 		}
-	}
-	if b.nb.hopGen != nil && b.nb.hopGen.Load() != gen {
-		b.wakeWorkers() // the offloaded flows go back to the engine (fastHousekeep)
 	}
 }
 

@@ -154,7 +154,10 @@ func (b *Balancer) startFast(workers int) error {
 		return err
 	}
 	b.dp.fast = fs
-	b.nb.hopGen = &fs.hopGen
+	b.nb.moved = func() {
+		fs.hopGen.Add(1)
+		b.wakeWorkers() // the flows go back to the engine (fastHousekeep)
+	}
 	b.log.Info("fastpath: forwarding established flows in the kernel", "interfaces", names, "max_flows", fastFlows)
 	return nil
 }

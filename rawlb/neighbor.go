@@ -5,7 +5,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"sync/atomic"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -30,9 +29,9 @@ type neighbors struct {
 	// allowed restricts next hops to these interfaces (the configuration's
 	// interfaces list); nil allows any.
 	allowed map[int]bool
-	// hopGen, with the fast path on, counts the next hops that changed
-	// (fastState.hopGen).
-	hopGen *atomic.Uint64
+	// moved, with the fast path on, is told of each next hop that changed:
+	// the program has the MACs a flow was offloaded with (startFast).
+	moved func()
 }
 
 // route is what a frame to a backend needs: the interface and the address
@@ -139,11 +138,11 @@ func (n *neighbors) refresh(backends []*Backend) (changed bool) {
 			n.log.Info("next hop resolved", "service", b.Service.Name, "backend", b.Name, "addr", addr,
 				"next_hop", rt.via, "ifindex", rt.ifindex, "mac", net.HardwareAddr(dst[:]).String())
 			b.hop.Store(h)
-			if n.hopGen != nil && old != nil {
+			if n.moved != nil && old != nil {
 				// Only a hop that changed: no flow went with one that
 				// was not there (a backend resolved after the start
 				// took every offloaded flow back).
-				n.hopGen.Add(1)
+				n.moved()
 			}
 			changed = changed || old == nil
 		}
