@@ -194,8 +194,8 @@ readonly RESTART_S
 # may not show), read in the first lab built.
 LAB_CC=""
 if [ -n "$IPERF_CC" ]; then
-	[[ " $(cat /proc/sys/net/ipv4/tcp_available_congestion_control) " == *" $IPERF_CC "* ]] ||
-		die "BENCH_IPERF_CC=$IPERF_CC: not one this kernel has ($(cat /proc/sys/net/ipv4/tcp_available_congestion_control))"
+	available=$(cat /proc/sys/net/ipv4/tcp_available_congestion_control)
+	[[ " $available " == *" $IPERF_CC "* ]] || die "BENCH_IPERF_CC=$IPERF_CC: not one this kernel has ($available)"
 fi
 readonly IPERF_CC
 [ "$(id -u)" -eq 0 ] || die "needs root (network namespaces); run it as: sudo make bench"
@@ -926,13 +926,14 @@ run_redis() {
 
 # iperf_opts ROW: the iperf3 options of a row.
 iperf_opts() {
-	local cc=${IPERF_CC:+ -C $IPERF_CC}
+	local opts
 	case $1 in
-	iperf-p4) echo "-P 4$cc" ;;
-	iperf-p4r) echo "-P 4 -R$cc" ;;
-	iperf-p1) echo "-P 1$cc" ;;
-	iperf-p1r) echo "-P 1 -R$cc" ;;
+	iperf-p4) opts="-P 4" ;;
+	iperf-p4r) opts="-P 4 -R" ;;
+	iperf-p1) opts="-P 1" ;;
+	iperf-p1r) opts="-P 1 -R" ;;
 	esac
+	echo "$opts${IPERF_CC:+ -C $IPERF_CC}"
 }
 
 # run_iperf C ROUND: the four iperf3 runs. -f m fixes the unit; the last
