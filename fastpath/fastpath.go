@@ -379,6 +379,87 @@ func (p *Path) Insert(id uint32, f *Flow, k *[2]Key) error {
 	return nil
 }
 
+// Batch is flows to give the program in one InsertBatch: their ids,
+// values and keys, laid out as the batch system calls read them. A worker
+// keeps one, fills it while it handles a batch of frames and inserts it
+// before it sends them: two system calls for every flow of the batch
+// instead of two for each (a conn load's batch has 4 to 5 new flows).
+type Batch struct {
+	ids   []uint32
+	flows []Flow
+	keys  []Key // 2 a flow, k[0] from the client and k[1] from the backend
+	refs  []ref
+	n     int
+}
+
+// NewBatch returns a batch of at most size flows.
+func NewBatch(size int) *Batch {
+	return &Batch{ids: make([]uint32, size), flows: make([]Flow, size), keys: make([]Key, 2*size), refs: make([]ref, 2*size)}
+}
+
+// Add appends flow id and returns where its value and its two keys go, to
+// be filled before InsertBatch; nil, nil when the batch is full.
+func (b *Batch) Add(id uint32) (*Flow, *[2]Key) {
+	if b.n == len(b.ids) {
+		return nil, nil
+	}
+	i := b.n
+	b.n++
+	b.ids[i] = id
+	b.flows[i] = Flow{}
+	return &b.flows[i], (*[2]Key)(b.keys[2*i : 2*i+2])
+}
+
+// Len returns how many flows the batch holds.
+func (b *Batch) Len() int { return b.n }
+
+// Reset empties the batch.
+func (b *Batch) Reset() { b.n = 0 }
+
+// InsertBatch gives the program every flow of b, as Insert does each, and
+// reports how many went: the first n, in order. When not all did, err says
+// why (ErrFull: the program holds Config.Flows flows) and none of the
+// others is left in the maps. b stays as it was until Reset.
+func (p *Path) InsertBatch(b *Batch) (n int, err error) {
+	n = b.n
+	if n == 0 {
+		return 0, nil
+	}
+	for i := range n {
+		b.flows[i].Evicted = 0
+		b.refs[2*i] = ref{ID: b.ids[i], Dir: 0}
+		b.refs[2*i+1] = ref{ID: b.ids[i], Dir: 1}
+	}
+	// The flows first, so that no key ever names a flow that is not there.
+	// A batch update stops at its first failure and says how many it did
+	// (generic_map_update_batch).
+	done, ferr := batch(cmdUpdateBatch, p.flowsFD, unsafe.Pointer(&b.ids[0]), unsafe.Pointer(&b.flows[0]), uint32(n))
+	if ferr != nil {
+		n, err = int(done), batchErr("flows", ferr)
+		if n == 0 {
+			return 0, err
+		}
+	}
+	kd, kerr := batch(cmdUpdateBatch, p.keysFD, unsafe.Pointer(&b.keys[0]), unsafe.Pointer(&b.refs[0]), uint32(2*n))
+	if kerr == nil {
+		return n, err
+	}
+	whole := int(kd) / 2
+	if kd%2 == 1 {
+		_ = elem(cmdDelete, p.keysFD, unsafe.Pointer(&b.keys[kd-1]), nil, 0) // one key of a flow that does not go
+	}
+	p.DeleteFlows(b.ids[whole:n])
+	return whole, batchErr("keys", kerr)
+}
+
+// batchErr names what a batch insert failed on; E2BIG is a full map.
+func batchErr(what string, err error) error {
+	if err == unix.E2BIG {
+		return ErrFull
+	}
+	return fmt.Errorf("fastpath: inserting a batch of %s: %w", what, err)
+}
+
 // DeleteFlows deletes the entries of flows the engine has read the Event
 // of: one system call for them all. An id without an entry is skipped.
 func (p *Path) DeleteFlows(ids []uint32) {

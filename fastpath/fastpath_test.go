@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
-	"golang.org/x/sys/unix"
+	"maps"
 	"testing"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
@@ -792,5 +794,119 @@ func TestLive(t *testing.T) {
 	}
 	if n != 1 {
 		t.Errorf("Live saw %d flows, want 1", n)
+	}
+}
+
+// batchKeys are the keys of a flow other than the lab's, numbered i.
+func batchKeys(i int) [2]Key {
+	return [2]Key{MakeKey(ipClient, uint16(41000+i), ipVIP, 80), MakeKey(ipBE, 8080, ipVIP, uint16(62000+i))}
+}
+
+// keyRefs returns every key of the map and the flow it names.
+func keyRefs(t *testing.T, p *Path) map[Key]ref {
+	t.Helper()
+	out := map[Key]ref{}
+	var k Key
+	var r ref
+	it := p.keys.Iterate()
+	for it.Next(&k, &r) {
+		out[k] = r
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func TestInsertBatch(t *testing.T) {
+	l := newLabConfig(t, Config{Flows: 4, Slots: 4, Workers: 1})
+	l.p.Remove(l.id, &l.keys)
+	b := NewBatch(8)
+	f, k := b.Add(l.id)
+	l.fill(f)
+	*k = l.keys
+	for i := range 5 {
+		f, k := b.Add(uint32(100 + i))
+		l.fill(f)
+		*k = batchKeys(i)
+	}
+	// Room for 4 of the 6: the first 4 go, the other 2 leave nothing behind.
+	n, err := l.p.InsertBatch(b)
+	if n != 4 || !errors.Is(err, ErrFull) {
+		t.Fatalf("InsertBatch of 6 into room for 4: %d, %v; want 4, ErrFull", n, err)
+	}
+	in := frame(seg{src: ipClient, dst: ipVIP, sport: 40000, dport: 80, seq: cISN + 1, ack: bISN + 1, flags: fACK | fPSH, win: 502, payload: 10})
+	if ret, out := l.run(t, in); ret != actRedirect {
+		t.Errorf("a segment of the batch's first flow: action %d, want redirect", ret)
+	} else {
+		checksumsOK(t, out)
+	}
+	want := map[Key]ref{l.keys[0]: {l.id, 0}, l.keys[1]: {l.id, 1}}
+	for i := range 3 {
+		k := batchKeys(i)
+		want[k[0]], want[k[1]] = ref{uint32(100 + i), 0}, ref{uint32(100 + i), 1}
+	}
+	if got := keyRefs(t, l.p); !maps.Equal(got, want) {
+		t.Errorf("keys after the batch: %v, want %v", got, want)
+	}
+	var got Flow
+	for i := range 5 {
+		err := l.p.Peek(uint32(100+i), &got)
+		if i < 3 && (err != nil || got.State != stEstablished) {
+			t.Errorf("flow %d: %v, state %d", 100+i, err, got.State)
+		}
+		if i >= 3 && !errors.Is(err, errNotExist()) {
+			t.Errorf("flow %d, beyond the room: %v, want it absent", 100+i, err)
+		}
+	}
+	// An empty batch is no system call and no error.
+	b.Reset()
+	if n, err := l.p.InsertBatch(b); n != 0 || err != nil {
+		t.Errorf("an empty batch: %d, %v", n, err)
+	}
+}
+
+// A batch whose keys do not all fit (the keys map holds keys of flows the
+// program closed, whose entries the engine has not yet deleted) keeps the
+// flows whose both keys went, and removes the rest, flows and keys.
+func TestInsertBatchKeysFull(t *testing.T) {
+	for _, stray := range []int{2, 3} {
+		l := newLabConfig(t, Config{Flows: 4, Slots: 4, Workers: 1})
+		l.p.Remove(l.id, &l.keys)
+		want := map[Key]ref{}
+		for i := range stray {
+			k := MakeKey(ipClient, uint16(50000+i), ipVIP, 80)
+			r := ref{ID: 999, Dir: 0}
+			if err := elem(cmdUpdate, l.p.keysFD, unsafe.Pointer(&k), unsafe.Pointer(&r), 0); err != nil {
+				t.Fatal(err)
+			}
+			want[k] = r
+		}
+		b := NewBatch(4)
+		for i := range 4 {
+			f, k := b.Add(uint32(100 + i))
+			l.fill(f)
+			*k = batchKeys(i)
+		}
+		// 8 keys of room, stray taken: (8 - stray) / 2 flows whole.
+		whole := (8 - stray) / 2
+		n, err := l.p.InsertBatch(b)
+		if n != whole || !errors.Is(err, ErrFull) {
+			t.Fatalf("%d stray keys: InsertBatch %d, %v; want %d, ErrFull", stray, n, err, whole)
+		}
+		for i := range whole {
+			k := batchKeys(i)
+			want[k[0]], want[k[1]] = ref{uint32(100 + i), 0}, ref{uint32(100 + i), 1}
+		}
+		if got := keyRefs(t, l.p); !maps.Equal(got, want) {
+			t.Errorf("%d stray keys: keys %v, want %v", stray, got, want)
+		}
+		var f Flow
+		for i := range 4 {
+			err := l.p.Peek(uint32(100+i), &f)
+			if (i < whole) != (err == nil) {
+				t.Errorf("%d stray keys: flow %d: %v (whole: %d)", stray, 100+i, err, whole)
+			}
+		}
 	}
 }

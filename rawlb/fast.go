@@ -83,10 +83,13 @@ type fastStats struct {
 	late      atomic.Uint64                    // segments that were in the ring when their flow went, run through the program
 }
 
-// pendingOffload is a flow decided for the fast path in this batch.
+// pendingOffload is a flow decided for the fast path in this batch, to go
+// with the batch's others in one fastpath.InsertBatch.
 type pendingOffload struct {
-	fl  *conntrack.Flow
-	key conntrack.ClientKey // the slot may hold another flow by the time it goes
+	fl   *conntrack.Flow
+	key  conntrack.ClientKey // the slot may hold another flow by the time it goes
+	slot uint32              // for a flow going with its SYN or SYN-ACK, fl.FastSlot as reserved; else 0
+	gen  uint32              // the Flow.Gen it goes with
 }
 
 // earlyOffload is a flow given to the program with its SYN or SYN-ACK,
@@ -167,13 +170,17 @@ func (b *Balancer) startFast(workers int) error {
 // Beyond it, flows stay with the engine.
 const fastFlows = 65536
 
-// fastKeys fills w.fastKeys with fl's two directions as their segments
+// fastKeys fills w.fastKey with fl's two directions as their segments
 // arrive.
 func (w *worker) fastKeys(fl *conntrack.Flow) *[2]fastpath.Key {
-	k := &w.fastKey
+	w.fillKeys(&w.fastKey, fl)
+	return &w.fastKey
+}
+
+// fillKeys writes fl's two directions' keys into k.
+func (w *worker) fillKeys(k *[2]fastpath.Key, fl *conntrack.Flow) {
 	k[0] = fastpath.MakeKey(fl.Key.Client.IP, fl.Key.Client.Port, fl.Key.VIP.IP, fl.Key.VIP.Port)
 	k[1] = fastpath.MakeKey(fl.BackendAddr.IP, fl.BackendAddr.Port, w.dp.natSrc, fl.NATPort)
-	return k
 }
 
 // countForFast counts a segment the engine forwarded for fl, and queues
@@ -208,34 +215,98 @@ func (w *worker) countForFast(fl *conntrack.Flow) {
 	}
 }
 
-// offloadPending offloads the flows queued in this batch, whose segments
-// have been sent.
+// offloadPending offloads the established flows queued in this batch,
+// whose segments have been sent.
 func (w *worker) offloadPending() {
-	for i := range w.fastPending {
-		p := &w.fastPending[i]
-		if fl := p.fl; fl.State() == conntrack.StateEstablished && fl.Key == p.key && !fl.Offloaded() {
-			w.offload(fl, 0)
-		}
-		p.fl = nil
-	}
+	w.insertOffloads(w.fastPending)
 	w.fastPending = w.fastPending[:0]
 }
 
-// offloadEarly gives fl to the program in SynSent or SynRecv, with a
-// handshake slot, before the batch with its SYN or SYN-ACK is sent.
+// offloadEarly queues fl to go to the program in SynSent or SynRecv, with
+// a handshake slot, before the batch with its SYN or SYN-ACK is sent
+// (flush calls offloadQueued). A flow already queued holds its slot.
 func (w *worker) offloadEarly(fl *conntrack.Flow) {
 	n := len(w.fastFree)
-	if n == 0 || len(w.fastEarly) == cap(w.fastEarly) {
+	if n == 0 || fl.FastSlot != 0 || len(w.fastQueued) == cap(w.fastQueued) ||
+		len(w.fastEarly)+len(w.fastQueued) >= cap(w.fastEarly) {
 		return
 	}
 	slot := w.fastFree[n-1]
-	w.dp.fast.path.ClearEstablished(int(slot))
-	if !w.offload(fl, slot+1) {
-		return
-	}
 	w.fastFree = w.fastFree[:n-1]
 	fl.FastSlot = slot + 1
-	w.fastEarly = append(w.fastEarly, earlyOffload{fl: fl, key: fl.Key, slot: slot + 1})
+	w.fastQueued = append(w.fastQueued, pendingOffload{fl: fl, key: fl.Key, slot: slot + 1})
+}
+
+// offloadQueued gives the program the flows offloadEarly queued, before
+// their SYN or SYN-ACK is sent, so that the answer finds its flow in the
+// kernel.
+func (w *worker) offloadQueued() {
+	w.insertOffloads(w.fastQueued)
+	w.fastQueued = w.fastQueued[:0]
+}
+
+// insertOffloads gives the program, in one InsertBatch (two system calls),
+// the flows of q that are still as they were when queued (a segment later
+// in the batch may have reset or replaced one): each is written as it is
+// now. A flow that goes is marked offloaded, and one given with its
+// handshake waits in fastEarly for the program to complete it; one that
+// does not go (the map full, no way to reach its backend) stays with the
+// engine and gives its handshake slot back.
+func (w *worker) insertOffloads(q []pendingOffload) {
+	b := w.fastBatch
+	b.Reset()
+	keep := q[:0]
+	for _, p := range q {
+		if w.stillDue(&p) && w.fastFill(&p, b) {
+			keep = append(keep, p)
+		} else {
+			w.unqueue(&p)
+		}
+	}
+	n, _ := w.dp.fast.path.InsertBatch(b)
+	for i := range keep {
+		p := &keep[i]
+		fl := p.fl
+		if i >= n {
+			w.stats.fast.failed.Add(1)
+			w.unqueue(p)
+		} else {
+			fl.FastGen = p.gen
+			fl.SetOffloaded(true)
+			w.stats.fast.offloads.Add(1)
+			w.stats.fast.offloaded.Add(1)
+			if p.slot != 0 {
+				w.fastEarly = append(w.fastEarly, earlyOffload{fl: fl, key: p.key, slot: p.slot})
+			}
+		}
+		p.fl = nil
+	}
+	clear(q[len(keep):])
+}
+
+// stillDue reports whether p's flow is still the one queued, in a state it
+// goes in.
+func (w *worker) stillDue(p *pendingOffload) bool {
+	fl := p.fl
+	if fl.Key != p.key || fl.Offloaded() {
+		return false
+	}
+	if p.slot == 0 {
+		return fl.State() == conntrack.StateEstablished
+	}
+	s := fl.State()
+	return fl.FastSlot == p.slot && (s == conntrack.StateSynSent || s == conntrack.StateSynRecv)
+}
+
+// unqueue gives back the handshake slot of a queued flow that does not go.
+func (w *worker) unqueue(p *pendingOffload) {
+	if p.slot == 0 {
+		return
+	}
+	w.fastFree = append(w.fastFree, p.slot-1)
+	if p.fl.FastSlot == p.slot {
+		p.fl.FastSlot = 0
+	}
 }
 
 // fastHandshakes runs between batches: flows whose handshake the program
@@ -271,12 +342,13 @@ func (w *worker) freeSlot(fl *conntrack.Flow) {
 	}
 }
 
-// offload gives fl to the program: its windows as tracked so far, and how
-// each direction is rewritten, as toBackend and toClient do it; early is
-// 1 + the handshake slot of a flow given in SynSent or SynRecv, else 0.
-// It reports whether the program has the flow.
-func (w *worker) offload(fl *conntrack.Flow, early uint32) bool {
-	fs := w.dp.fast
+// fastFill adds p's flow to b: its windows as tracked so far, and how
+// each direction is rewritten, as toBackend and toClient do it; a flow
+// given in SynSent or SynRecv has its handshake slot's flag cleared. It
+// reports false for a flow the program cannot have: its backend or client
+// behind an interface without the program, or no hop to the backend.
+func (w *worker) fastFill(p *pendingOffload, b *fastpath.Batch) bool {
+	fs, fl := w.dp.fast, p.fl
 	_, h := w.hopOf(fl)
 	if h == nil || !fs.ifs[h.ifindex] || !fs.ifs[fl.ClientIf] {
 		return false
@@ -285,11 +357,16 @@ func (w *worker) offload(fl *conntrack.Flow, early uint32) bool {
 	if !ok {
 		return false
 	}
-	v := &w.fastFlow
-	*v = fastpath.Flow{}
+	v, k := b.Add(id)
+	if v == nil {
+		return false
+	}
+	w.fillKeys(k, fl)
+	if p.slot != 0 {
+		fs.path.ClearEstablished(int(p.slot - 1))
+	}
 	v.Peers[0] = fastpath.Peer(fl.Window(conntrack.FromClient))
 	v.Peers[1] = fastpath.Peer(fl.Window(conntrack.FromBackend))
-	k := w.fastKeys(fl)
 	// Each direction's new addresses and ports are the reverse of the
 	// other direction's key.
 	v.Dir[0] = fastpath.Dir{Src: k[1].Dst, Dst: k[1].Src, SrcPort: k[1].DstPort, DstPort: k[1].SrcPort,
@@ -306,17 +383,9 @@ func (w *worker) offload(fl *conntrack.Flow, early uint32) bool {
 	v.LastNs = uint64(fastpath.Monotonic())
 	v.Backend = fl.Backend
 	v.State = uint32(fl.State())
-	v.Early = early
+	v.Early = p.slot
 	w.fastGen++
-	v.Gen = w.fastGen
-	if err := fs.path.Insert(id, v, k); err != nil {
-		w.stats.fast.failed.Add(1)
-		return false
-	}
-	fl.FastGen = v.Gen
-	fl.SetOffloaded(true)
-	w.stats.fast.offloads.Add(1)
-	w.stats.fast.offloaded.Add(1)
+	v.Gen, p.gen = w.fastGen, w.fastGen
 	return true
 }
 

@@ -101,7 +101,9 @@ type worker struct {
 	// The fast path's (fast.go): flows to offload after this batch, flows
 	// given with their SYN-ACK and the free handshake slots, and scratch
 	// space for the map values.
-	fastPending []pendingOffload
+	fastPending []pendingOffload // established, to go after the batch is sent
+	fastQueued  []pendingOffload // with their SYN or SYN-ACK, to go before it is sent
+	fastBatch   *fastpath.Batch
 	fastEarly   []earlyOffload
 	fastFree    []uint32
 	fastEvents  *fastpath.Events
@@ -118,6 +120,8 @@ func newWorker(id int, dp *dataplane, l link, table *conntrack.Table, batch int,
 	w := &worker{id: id, dp: dp, link: l, table: table, pkts: make([]ring.Packet, batch), out: make([]ring.Out, 0, 3*batch), stats: stats, wait: sweepEvery}
 	if dp.fast != nil {
 		w.fastPending = make([]pendingOffload, 0, batch)
+		w.fastQueued = make([]pendingOffload, 0, batch)
+		w.fastBatch = fastpath.NewBatch(batch)
 		w.fastEarly = make([]earlyOffload, 0, 2*fastSlots)
 		w.fastEvents = dp.fast.path.Events(id)
 		w.fastDone = make([]uint32, 0, 256)
@@ -226,8 +230,12 @@ func (w *worker) begin() {
 	w.ngen = 0
 }
 
-// flush sends what the batch produced.
+// flush sends what the batch produced, after giving the program the
+// flows whose SYN or SYN-ACK is among it.
 func (w *worker) flush() {
+	if len(w.fastQueued) > 0 {
+		w.offloadQueued()
+	}
 	if len(w.out) > 0 {
 		if dropped, err := w.link.Send(w.out); dropped > 0 {
 			w.stats.drops[dropSendError].Add(uint64(dropped))

@@ -42,12 +42,16 @@ const (
 type fakeLink struct {
 	sent     []ring.Out
 	deadline time.Time
+	onSend   func() // if set, called as each send begins
 }
 
 func (l *fakeLink) Receive([]ring.Packet) (int, error) { return 0, ring.ErrClosed }
 func (l *fakeLink) Release(int)                        {}
 func (l *fakeLink) SetReadDeadline(t time.Time) error  { l.deadline = t; return nil }
 func (l *fakeLink) Send(out []ring.Out) (int, error) {
+	if l.onSend != nil {
+		l.onSend()
+	}
 	for _, o := range out {
 		l.sent = append(l.sent, ring.Out{Buf: append([]byte(nil), o.Buf...), Ifindex: o.Ifindex})
 	}
