@@ -182,9 +182,9 @@ const DefaultEventRing = 256 << 10
 // ErrFull is returned by Insert when the program holds Config.Flows flows.
 var ErrFull = errors.New("fastpath: flow map full")
 
-// Path is the loaded program and its maps. Insert, Take, Peek and Remove
-// may be called from any goroutine, each flow from one at a time; they
-// allocate nothing.
+// Path is the loaded program and its maps. Insert, InsertBatch, Take, Peek
+// and Remove may be called from any goroutine, each flow from one at a
+// time (a Batch from one at a time too); they allocate nothing.
 type Path struct {
 	coll               *ebpf.Collection
 	prog               *ebpf.Program
