@@ -3,6 +3,7 @@ package rawlb
 import (
 	"errors"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -10,12 +11,13 @@ import (
 	"github.com/rawlb/rawlb/fastpath"
 	"github.com/rawlb/rawlb/internal/testenv"
 	"github.com/rawlb/rawlb/packet"
+	"github.com/rawlb/rawlb/ring"
 )
 
 // newFastHarness is newHarness with the fast path's maps loaded and its
 // worker made anew to use them. The program is attached to no interface:
 // what is tested is what the worker puts in the maps, and when.
-func newFastHarness(t *testing.T) *harness {
+func newFastHarness(t testing.TB) *harness {
 	testenv.RequirePrivileged(t)
 	h := newHarness(t, nil)
 	p, err := fastpath.Load(fastpath.Config{Flows: 64, Slots: fastSlots, Workers: 1})
@@ -124,4 +126,74 @@ func TestSynAckTwiceInABatchGoesOnce(t *testing.T) {
 	if n, free, early := h.w.stats.fast.offloads.Load(), len(h.w.fastFree), len(h.w.fastEarly); n != 1 || free != fastSlots-1 || early != 1 {
 		t.Errorf("%d offloads, %d slots free, %d handshakes awaited; want 1, %d, 1", n, free, early, fastSlots-1)
 	}
+}
+
+// discardLink takes what the worker sends and keeps nothing.
+type discardLink struct{ frames int }
+
+func (l *discardLink) Receive([]ring.Packet) (int, error) { return 0, ring.ErrClosed }
+func (l *discardLink) Release(int)                        {}
+func (l *discardLink) SetReadDeadline(time.Time) error    { return nil }
+func (l *discardLink) Send(out []ring.Out) (int, error)   { l.frames += len(out); return 0, nil }
+
+// synAndRSTBatches returns a function that runs a batch of 8 SYNs of new
+// flows, which go to the program in one insert before the batch is sent,
+// then a batch of their clients' RSTs, which take them back (the program
+// gives a flow back at its RST), and a check that the SYNs did go.
+func synAndRSTBatches(tb testing.TB) (run func(), check func()) {
+	const n = 8
+	h := newFastHarness(tb)
+	l := &discardLink{}
+	h.w.link = l
+	var syns, rsts, bufs [n][]byte
+	for i := range n {
+		s := client(packet.FlagSYN, 1000, 0)
+		s.sport = uint16(51000 + i)
+		syns[i] = s.frame(tb)
+		r := client(packet.FlagRST, 1001, 0)
+		r.sport = s.sport
+		rsts[i] = r.frame(tb)
+		bufs[i] = make([]byte, len(syns[i]))
+	}
+	one := func(frames *[n][]byte) {
+		for i := range n {
+			copy(bufs[i], frames[i]) // the engine rewrites in place
+			h.w.pkts[i] = pkt(bufs[i])
+		}
+		h.w.batch(n, false)
+	}
+	run = func() {
+		one(&syns)
+		one(&rsts)
+	}
+	check = func() {
+		tb.Helper()
+		if got, back := h.w.stats.fast.offloads.Load(), h.w.stats.fast.back[fastpath.EvictFlags].Load(); got < n || back != got || l.frames < 2*n {
+			tb.Fatalf("%d offloads, %d taken back, %d frames sent: the SYNs did not go to the program and come back", got, back, l.frames)
+		}
+	}
+	return run, check
+}
+
+// The batches of new flows allocate nothing once the tables have grown.
+func TestSYNBatchesAllocateNothing(t *testing.T) {
+	run, check := synAndRSTBatches(t)
+	for range 100 {
+		run()
+	}
+	if a := testing.AllocsPerRun(200, run); a != 0 {
+		t.Errorf("%v allocations a pair of batches, want 0", a)
+	}
+	check()
+}
+
+// BenchmarkSYNBatchFastpath is synAndRSTBatches' pair of batches; ns/op
+// is per pair (8 flows) and includes the map system calls.
+func BenchmarkSYNBatchFastpath(b *testing.B) {
+	run, check := synAndRSTBatches(b)
+	b.ReportAllocs()
+	for b.Loop() {
+		run()
+	}
+	check()
 }

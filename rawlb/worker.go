@@ -98,9 +98,10 @@ type worker struct {
 	stop        atomic.Bool
 	lastSendErr time.Time
 
-	// The fast path's (fast.go): flows to offload after this batch, flows
-	// given with their SYN-ACK and the free handshake slots, and scratch
-	// space for the map values.
+	// The fast path's (fast.go): flows to offload before and after this
+	// batch is sent and the insert they go in, flows given with their SYN
+	// or SYN-ACK whose handshake is awaited and the free handshake slots,
+	// and scratch space for the map values.
 	fastPending []pendingOffload // established, to go after the batch is sent
 	fastQueued  []pendingOffload // with their SYN or SYN-ACK, to go before it is sent
 	fastBatch   *fastpath.Batch
