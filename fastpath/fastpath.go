@@ -179,12 +179,12 @@ type Config struct {
 // closes a second.
 const DefaultEventRing = 256 << 10
 
-// ErrFull is returned by Insert when the program holds Config.Flows flows.
+// ErrFull is returned by InsertBatch when the program holds Config.Flows flows.
 var ErrFull = errors.New("fastpath: flow map full")
 
-// Path is the loaded program and its maps. Insert, InsertBatch, Take, Peek
-// and Remove may be called from any goroutine, each flow from one at a
-// time (a Batch from one at a time too); they allocate nothing.
+// Path is the loaded program and its maps. InsertBatch, Take, Peek and
+// Remove may be called from any goroutine, each flow from one at a time
+// (a Batch from one at a time too); they allocate nothing.
 type Path struct {
 	coll               *ebpf.Collection
 	prog               *ebpf.Program
@@ -357,28 +357,6 @@ func elem(cmd uintptr, fd uint32, key, value unsafe.Pointer, flags uint64) error
 	return nil
 }
 
-// Insert gives the program flow id, found under the keys of its two
-// directions (k[0] from the client, k[1] from the backend): two system
-// calls, the flow and then both keys in one batch.
-func (p *Path) Insert(id uint32, f *Flow, k *[2]Key) error {
-	f.Evicted = 0
-	if err := elem(cmdUpdate, p.flowsFD, unsafe.Pointer(&id), unsafe.Pointer(f), 0); err != nil {
-		if err == unix.E2BIG {
-			return ErrFull
-		}
-		return fmt.Errorf("fastpath: inserting flow %d: %w", id, err)
-	}
-	r := [2]ref{{ID: id, Dir: 0}, {ID: id, Dir: 1}}
-	if _, err := batch(cmdUpdateBatch, p.keysFD, unsafe.Pointer(&k[0]), unsafe.Pointer(&r[0]), 2); err != nil {
-		p.Remove(id, k)
-		if err == unix.E2BIG {
-			return ErrFull
-		}
-		return fmt.Errorf("fastpath: inserting the keys of flow %d: %w", id, err)
-	}
-	return nil
-}
-
 // Batch is flows to give the program in one InsertBatch: their ids,
 // values and keys, laid out as the batch system calls read them. A worker
 // keeps one, fills it while it handles a batch of frames and inserts it
@@ -410,14 +388,12 @@ func (b *Batch) Add(id uint32) (*Flow, *[2]Key) {
 	return &b.flows[i], (*[2]Key)(b.keys[2*i : 2*i+2])
 }
 
-// Len returns how many flows the batch holds.
-func (b *Batch) Len() int { return b.n }
-
 // Reset empties the batch.
 func (b *Batch) Reset() { b.n = 0 }
 
-// InsertBatch gives the program every flow of b, as Insert does each, and
-// reports how many went: the first n, in order. When not all did, err says
+// InsertBatch gives the program every flow of b, each found under the
+// keys of its two directions (k[0] from the client, k[1] from the
+// backend), and reports how many went: the first n, in order. When not all did, err says
 // why (ErrFull: the program holds Config.Flows flows) and none of the
 // others is left in the maps. b stays as it was until Reset.
 func (p *Path) InsertBatch(b *Batch) (n int, err error) {

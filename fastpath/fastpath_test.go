@@ -186,9 +186,10 @@ const actOK = 0 // TC_ACT_OK: up the stack, to the engine
 // lab is a loaded program holding one flow: client 198.18.0.2:40000 to the
 // VIP 198.18.0.1:80, through NAT port 61000 to the backend 198.18.0.11:8080.
 type lab struct {
-	p    *Path
-	keys [2]Key
-	id   uint32
+	p     *Path
+	keys  [2]Key
+	id    uint32
+	batch *Batch
 }
 
 const (
@@ -211,18 +212,28 @@ func newLabConfig(t testing.TB, c Config) *lab {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { p.Close() })
-	l := &lab{p: p, id: 7}
+	l := &lab{p: p, id: 7, batch: NewBatch(1)}
 	l.keys[0] = MakeKey(ipClient, 40000, ipVIP, 80)
 	l.keys[1] = MakeKey(ipBE, 8080, ipVIP, 61000)
 	l.reset(t)
 	return l
 }
 
+// insert gives the program flow id alone, in a batch of one (a worker's
+// batch with one new flow).
+func (l *lab) insert(id uint32, f *Flow, k *[2]Key) error {
+	l.batch.Reset()
+	v, bk := l.batch.Add(id)
+	*v, *bk = *f, *k
+	_, err := l.p.InsertBatch(l.batch)
+	return err
+}
+
 // reset inserts the lab's flow afresh.
 func (l *lab) reset(t testing.TB) {
 	var f Flow
 	l.fill(&f)
-	if err := l.p.Insert(l.id, &f, &l.keys); err != nil {
+	if err := l.insert(l.id, &f, &l.keys); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -418,7 +429,7 @@ func TestCompletesTheHandshake(t *testing.T) {
 		f := l.peek0()
 		f.State, f.Early = stSynRecv, slot+1
 		f.Peers[0].Flags, f.Peers[0].MaxAck = 0, 0 // the client has acknowledged nothing yet
-		if err := l.p.Insert(l.id, &f, &l.keys); err != nil {
+		if err := l.insert(l.id, &f, &l.keys); err != nil {
 			t.Fatal(err)
 		}
 		return l
@@ -552,7 +563,7 @@ func TestForwardsTheSynAck(t *testing.T) {
 		// The client's SYN: ISN cISN, window 64240, scale 7, SACK.
 		f.Peers[0] = Peer{End: cISN + 1, MaxEnd: cISN + 1, MaxWin: 64240, Win: 64240, Scale: 7, Flags: 1 | 2}
 		f.Peers[1] = Peer{}
-		if err := l.p.Insert(l.id, &f, &l.keys); err != nil {
+		if err := l.insert(l.id, &f, &l.keys); err != nil {
 			t.Fatal(err)
 		}
 		return l
