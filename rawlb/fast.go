@@ -84,20 +84,14 @@ type fastStats struct {
 }
 
 // pendingOffload is a flow decided for the fast path in this batch, to go
-// with the batch's others in one fastpath.InsertBatch.
+// with the batch's others in one fastpath.InsertBatch; once given with
+// its SYN or SYN-ACK, it waits in fastEarly for the program to complete
+// the handshake (slot stays fl.FastSlot while the entry is current).
 type pendingOffload struct {
 	fl   *conntrack.Flow
 	key  conntrack.ClientKey // the slot may hold another flow by the time it goes
 	slot uint32              // for a flow going with its SYN or SYN-ACK, fl.FastSlot as reserved; else 0
 	gen  uint32              // the Flow.Gen it goes with
-}
-
-// earlyOffload is a flow given to the program with its SYN or SYN-ACK,
-// whose handshake the program has not yet been seen to complete.
-type earlyOffload struct {
-	fl   *conntrack.Flow
-	key  conntrack.ClientKey
-	slot uint32 // fl.FastSlot while the entry is current
 }
 
 // startFast loads the program and attaches it to every interface that is
@@ -276,7 +270,7 @@ func (w *worker) insertOffloads(q []pendingOffload) {
 			w.stats.fast.offloads.Add(1)
 			w.stats.fast.offloaded.Add(1)
 			if p.slot != 0 {
-				w.fastEarly = append(w.fastEarly, earlyOffload{fl: fl, key: p.key, slot: p.slot})
+				w.fastEarly = append(w.fastEarly, *p)
 			}
 		}
 		p.fl = nil

@@ -105,7 +105,7 @@ type worker struct {
 	fastPending []pendingOffload // established, to go after the batch is sent
 	fastQueued  []pendingOffload // with their SYN or SYN-ACK, to go before it is sent
 	fastBatch   *fastpath.Batch
-	fastEarly   []earlyOffload
+	fastEarly   []pendingOffload
 	fastFree    []uint32
 	fastEvents  *fastpath.Events
 	fastEvent   fastpath.Event
@@ -123,7 +123,7 @@ func newWorker(id int, dp *dataplane, l link, table *conntrack.Table, batch int,
 		w.fastPending = make([]pendingOffload, 0, batch)
 		w.fastQueued = make([]pendingOffload, 0, batch)
 		w.fastBatch = fastpath.NewBatch(batch)
-		w.fastEarly = make([]earlyOffload, 0, 2*fastSlots)
+		w.fastEarly = make([]pendingOffload, 0, 2*fastSlots)
 		w.fastEvents = dp.fast.path.Events(id)
 		w.fastDone = make([]uint32, 0, 256)
 		w.fastFree = make([]uint32, fastSlots)
